@@ -1,0 +1,1 @@
+"""Reading and writing helpers shared by the stages (rasters, vectors, manifests)."""

@@ -1,0 +1,88 @@
+"""Write outputs under a temporary name in the target directory, then rename.
+
+A killed or failing process never leaves a half-written file under its final name, and a
+rename within one directory is atomic on POSIX file systems.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from spurge.errors import OutputError
+
+TMP_PREFIX = ".spurge-tmp-"
+
+
+def ensure_writable_dir(path: str | Path) -> Path:
+    """Create ``path`` if needed and check that files can be written in it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder ({exc.strerror})", path) from exc
+    if not path.is_dir():
+        raise OutputError("output path exists and is not a folder", path)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError("output folder is not writable", path)
+    return path
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A unique temporary path in the same directory, keeping the suffix for format drivers."""
+    return path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{path.name}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is renamed to ``path``.
+
+    On any exception the temporary file (or folder) is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    ensure_writable_dir(path.parent)
+    tmp = temporary_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete temporaries left by a killed run; returns how many were removed."""
+    removed = 0
+    for stale in Path(folder).glob(f"{TMP_PREFIX}*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

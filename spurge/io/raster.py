@@ -1,0 +1,213 @@
+"""Reading orthomosaics: validation, band selection, 8-bit scaling and windowed reads.
+
+Shared by ``spurge tile`` and ``spurge map`` so that a tile seen in training and a window
+seen while mapping go through exactly the same pixels-to-RGB path. Nothing here reads a
+whole orthomosaic into memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from spurge.errors import RasterError
+
+RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2"}
+
+
+@contextlib.contextmanager
+def open_ortho(path: str | Path, *, require_crs: bool = True) -> Iterator[Any]:
+    """Open an orthomosaic read-only, turning GDAL failures into one-line errors."""
+    path = Path(path)
+    if not path.exists():
+        raise RasterError("file not found", path)
+    try:
+        src = rasterio.open(path)
+    except RasterioIOError as exc:
+        raise RasterError(f"cannot read as a raster ({_gdal_reason(exc)})", path) from exc
+    try:
+        if require_crs:
+            check_georeferenced(src, path)
+        yield src
+    finally:
+        src.close()
+
+
+def _gdal_reason(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) < 160 else text[:157] + "..."
+
+
+def check_georeferenced(src: Any, path: str | Path) -> None:
+    """Refuse rasters without a CRS or a geotransform: their tiles cannot be placed on a map."""
+    if src.crs is None:
+        raise RasterError("has no CRS (coordinate reference system); georeference it first", path)
+    if src.transform.is_identity:
+        raise RasterError("has no geotransform (pixel coordinates only)", path)
+    if src.transform.b != 0 or src.transform.d != 0:
+        raise RasterError("has a rotated geotransform; warp it north-up first (gdalwarp)", path)
+
+
+def pixel_size_m(src: Any) -> tuple[float, float]:
+    """Ground size of a pixel (x, y) in metres, for projected and geographic CRSs."""
+    res_x, res_y = abs(src.transform.a), abs(src.transform.e)
+    crs = src.crs
+    if crs is not None and crs.is_geographic:
+        # Metres per degree at the raster's centre latitude (WGS84 ellipsoid approximation).
+        lat = np.deg2rad((src.bounds.top + src.bounds.bottom) / 2)
+        m_per_deg_lat = 111132.92 - 559.82 * np.cos(2 * lat) + 1.175 * np.cos(4 * lat)
+        m_per_deg_lon = 111412.84 * np.cos(lat) - 93.5 * np.cos(3 * lat)
+        return float(res_x * m_per_deg_lon), float(res_y * m_per_deg_lat)
+    factor = crs.linear_units_factor[1] if crs is not None and crs.is_projected else 1.0
+    return float(res_x * factor), float(res_y * factor)
+
+
+def check_bands(src: Any, bands: Sequence[int], alpha_band: int | None, path: str | Path) -> None:
+    wanted = [*bands, *([alpha_band] if alpha_band else [])]
+    missing = [b for b in wanted if b > src.count]
+    if missing:
+        raise RasterError(
+            f"has {src.count} band(s) but the config asks for band(s) {missing}", path
+        )
+
+
+@dataclass(frozen=True)
+class BandScaling:
+    """Linear map of each selected band from [low, high] to [0, 255]; identity for uint8."""
+
+    bands: tuple[int, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    dtype: str
+
+    @property
+    def is_identity(self) -> bool:
+        return self.dtype == "uint8"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bands": list(self.bands),
+            "low": list(self.low),
+            "high": list(self.high),
+            "dtype": self.dtype,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BandScaling:
+        return cls(
+            bands=tuple(int(b) for b in data["bands"]),
+            low=tuple(float(v) for v in data["low"]),
+            high=tuple(float(v) for v in data["high"]),
+            dtype=str(data["dtype"]),
+        )
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        """Scale a (bands, H, W) array to uint8 (bands, H, W)."""
+        if self.is_identity:
+            return data.astype(np.uint8, copy=False)
+        low = np.asarray(self.low, dtype=np.float32)[:, None, None]
+        high = np.asarray(self.high, dtype=np.float32)[:, None, None]
+        span = np.maximum(high - low, np.float32(1e-12))
+        scaled = (data.astype(np.float32) - low) / span * np.float32(255.0)
+        scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def sample_windows(width: int, height: int, per_axis: int = 5, size: int = 256) -> list[Window]:
+    """A deterministic grid of windows spread over the raster, for statistics."""
+    windows = []
+    w, h = min(size, width), min(size, height)
+    for row in np.linspace(0, height - h, per_axis).round().astype(int):
+        for col in np.linspace(0, width - w, per_axis).round().astype(int):
+            windows.append(Window(int(col), int(row), w, h))
+    return sorted(set(windows), key=lambda win: (win.row_off, win.col_off))
+
+
+def compute_scaling(
+    src: Any,
+    bands: Sequence[int],
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    alpha_band: int | None = None,
+    path: str | Path | None = None,
+) -> BandScaling:
+    """Per-band percentiles of valid pixels from a sample of windows (not the whole raster)."""
+    bands = tuple(int(b) for b in bands)
+    dtype = src.dtypes[bands[0] - 1]
+    if dtype == "uint8":
+        return BandScaling(bands, (0.0,) * len(bands), (255.0,) * len(bands), "uint8")
+    values: list[list[np.ndarray]] = [[] for _ in bands]
+    for window in sample_windows(src.width, src.height):
+        data = src.read(list(bands), window=window)
+        valid = valid_mask(src, window, bands, alpha_band, data)
+        for i in range(len(bands)):
+            values[i].append(data[i][valid])
+    low, high = [], []
+    for i, band in enumerate(bands):
+        pixels = np.concatenate(values[i]) if values[i] else np.empty(0)
+        if pixels.size == 0:
+            raise RasterError(f"band {band} has no valid pixels in the sampled windows", path)
+        lo, hi = np.percentile(pixels.astype(np.float64), percentiles)
+        if hi <= lo:
+            hi = lo + 1.0
+        low.append(float(lo))
+        high.append(float(hi))
+    return BandScaling(bands, tuple(low), tuple(high), str(dtype))
+
+
+def valid_mask(
+    src: Any,
+    window: Window,
+    bands: Sequence[int],
+    alpha_band: int | None = None,
+    data: np.ndarray | None = None,
+    out_shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """True where every selected band holds data (nodata, masks, alpha and NaN honoured)."""
+    kwargs: dict[str, Any] = {"window": window}
+    if out_shape is not None:
+        kwargs.update(out_shape=(len(bands), *out_shape), resampling=Resampling.nearest)
+    masks = src.read_masks(list(bands), **kwargs)
+    valid = np.all(masks > 0, axis=0)
+    if alpha_band:
+        alpha_kwargs = dict(kwargs)
+        if out_shape is not None:
+            alpha_kwargs["out_shape"] = out_shape
+        valid &= src.read(alpha_band, **alpha_kwargs) > 0
+    if data is not None and np.issubdtype(data.dtype, np.floating):
+        valid &= np.all(np.isfinite(data), axis=0)
+    return valid
+
+
+def read_window_rgb8(
+    src: Any,
+    window: Window,
+    scaling: BandScaling,
+    alpha_band: int | None = None,
+    out_size: tuple[int, int] | None = None,
+    resampling: Resampling = Resampling.bilinear,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a window as 8-bit RGB (H, W, 3) plus a validity mask (H, W).
+
+    ``out_size`` (height, width) resamples the window, e.g. to the configured tile size when
+    the orthomosaic's GSD differs from the target GSD. Invalid pixels are set to 0.
+    """
+    bands = list(scaling.bands)
+    kwargs: dict[str, Any] = {"window": window}
+    if out_size is not None and out_size != (int(window.height), int(window.width)):
+        kwargs.update(out_shape=(len(bands), *out_size), resampling=resampling)
+    else:
+        out_size = None
+    data = src.read(bands, **kwargs)
+    valid = valid_mask(src, window, bands, alpha_band, data, out_shape=out_size)
+    rgb = scaling.apply(data)
+    rgb[:, ~valid] = 0
+    return np.ascontiguousarray(rgb.transpose(1, 2, 0)), valid
