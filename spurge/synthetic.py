@@ -39,8 +39,8 @@ PRESENCE_MIN_COVER = 0.002
 GRASS_GREEN = np.array([0.40, 0.47, 0.25], dtype=np.float32)
 GRASS_DRY = np.array([0.63, 0.58, 0.40], dtype=np.float32)
 SOIL = np.array([0.64, 0.55, 0.44], dtype=np.float32)
-SAGE = np.array([0.50, 0.55, 0.47], dtype=np.float32)
-SPURGE_BRACT = np.array([0.74, 0.80, 0.24], dtype=np.float32)
+SAGE = np.array([0.55, 0.60, 0.52], dtype=np.float32)
+SPURGE_BRACT = np.array([0.68, 0.72, 0.30], dtype=np.float32)
 SPURGE_LEAF = np.array([0.36, 0.47, 0.17], dtype=np.float32)
 FORB_YELLOW = np.array([0.93, 0.80, 0.17], dtype=np.float32)
 
@@ -123,8 +123,14 @@ def _blend(image: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> None:
     image[where] = pixels + weight * (target - pixels)
 
 
-def _disc(radius: float, rng: np.random.Generator, roughness: float = 0.25) -> np.ndarray:
-    """Soft irregular disc of about ``radius`` px as a float mask."""
+def _disc(
+    radius: float, rng: np.random.Generator, roughness: float = 0.25, falloff: float | None = None
+) -> np.ndarray:
+    """Irregular disc of about ``radius`` px as a float mask in [0, 1].
+
+    The edge is about two pixels soft; ``falloff`` instead fades from the centre outwards
+    with that exponent (patches thinning towards their edges).
+    """
     r = int(np.ceil(radius * (1 + roughness))) + 1
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float32)
     angle = np.arctan2(yy, xx)
@@ -132,6 +138,8 @@ def _disc(radius: float, rng: np.random.Generator, roughness: float = 0.25) -> n
         rng.uniform(-1, 1) * np.sin(k * angle + rng.uniform(0, 2 * np.pi)) / k for k in (2, 3, 5)
     )
     dist = np.hypot(yy, xx) / (radius * wobble)
+    if falloff is not None:
+        return (np.clip(1.0 - dist, 0, 1) ** falloff).astype(np.float32)
     return np.clip((1.0 - dist) * radius / 2.0, 0, 1).astype(np.float32)
 
 
@@ -197,15 +205,15 @@ def render_site(
         radius = plot_px * rng.uniform(0.25, 0.9)
         density = rng.uniform(0.12, 0.55)
         jitter = (rng.uniform(-0.3, 0.3, 2) * plot_px).astype(int)
-        envelope = _disc(radius, rng, roughness=0.45) * np.float32(density)
+        envelope = _disc(radius, rng, roughness=0.45, falloff=0.6) * np.float32(density)
         _paste(intensity, envelope, row + int(jitter[0]), col + int(jitter[1]))
-    clump_noise = special.ndtr(smooth_noise(shape, 0.06 * px_per_m, rng))
+    clump_noise = special.ndtr(smooth_noise(shape, 0.09 * px_per_m, rng))
     spurge = clump_noise < intensity
     leaves = np.clip((intensity - clump_noise + 0.08) * 6, 0, 1) * (intensity > 0)
     _blend(image, leaves.astype(np.float32) * 0.6, SPURGE_LEAF)
     del leaves, clump_noise, intensity
     bract_colour = SPURGE_BRACT * (1.0 + fine[..., None] * 0.08)
-    _blend(image, spurge.astype(np.float32) * 0.9, bract_colour)
+    _blend(image, spurge.astype(np.float32) * 0.8, bract_colour)
     del bract_colour
 
     # Yellow lookalike forbs (balsamroot, sweetclover): clusters of small bright flowers,
@@ -216,9 +224,9 @@ def render_site(
     cluster_sites += [tuple(int(v) for v in rng.integers(0, size_px, 2)) for _ in range(3)]
     for row, col in cluster_sites:
         spread = plot_px * rng.uniform(0.2, 0.5)
-        for _ in range(int(rng.integers(6, 25))):
+        for _ in range(int(rng.integers(10, 40))):
             fr, fc = rng.normal(0, spread, 2)
-            flower = _disc(rng.uniform(0.03, 0.08) * px_per_m, rng, roughness=0.1)
+            flower = _disc(rng.uniform(0.04, 0.10) * px_per_m, rng, roughness=0.1)
             _paste(forbs, flower, row + int(fr), col + int(fc))
     _blend(image, forbs * 0.95, FORB_YELLOW)
     del forbs
@@ -230,21 +238,24 @@ def render_site(
     for _ in range(n_shrubs):
         row, col = (int(v) for v in rng.integers(0, size_px, 2))
         crown = _disc(rng.uniform(0.25, 0.7) * px_per_m, rng)
-        offset = crown.shape[0] // 3
+        offset = crown.shape[0] // 6
         _paste(shade, 1.0 - 0.45 * crown, row - offset, col - offset, op="mul")
         _paste(crowns, crown, row, col)
     sage_colour = SAGE * (1.0 + fine[..., None] * 0.12)
     _blend(image, crowns, sage_colour)
     spurge &= crowns < 0.5
+    crowns_lit = crowns
     del crowns, sage_colour, fine
 
-    # Shadows, cloud shading, tufts and sensor noise in one pass over the image.
+    # Shadows, cloud shading, tufts and sensor noise in one pass over the image; a crown is
+    # lit from above, so its own shadow falls beside it, not on it.
+    np.maximum(shade, crowns_lit, out=shade)
     shade *= 1.0 + 0.08 * smooth_noise(shape, 15 * px_per_m, rng)
     shade *= np.float32(255.0)
     luma += rng.standard_normal(shape, dtype=np.float32) * np.float32(0.012)
     image += luma[..., None]
     image *= shade[..., None]
-    del shade, luma
+    del shade, luma, crowns_lit
     rgb = np.clip(image, 0, 255, out=image).astype(np.uint8).transpose(2, 0, 1)
 
     half = plot_px // 2
