@@ -118,9 +118,9 @@ class TileClassifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def build_classifier(backbone: str, num_classes: int, pretrained: bool = True) -> tuple[
-    TileClassifier, BackboneSpec
-]:
+def build_classifier(
+    backbone: str, num_classes: int, pretrained: bool = True
+) -> tuple[TileClassifier, BackboneSpec]:
     spec = build_backbone(backbone, pretrained)
     return TileClassifier(spec.module, spec.num_features, num_classes), spec
 
@@ -133,8 +133,11 @@ def preprocess(images: np.ndarray | torch.Tensor, card: ModelCard) -> torch.Tens
     batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
     if batch.shape[-2:] != (card.input_size, card.input_size):
         batch = nn.functional.interpolate(
-            batch, size=(card.input_size, card.input_size), mode="bilinear",
-            align_corners=False, antialias=True,
+            batch,
+            size=(card.input_size, card.input_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
         )
     mean = torch.tensor(card.mean).view(1, 3, 1, 1)
     std = torch.tensor(card.std).view(1, 3, 1, 1)
@@ -142,8 +145,9 @@ def preprocess(images: np.ndarray | torch.Tensor, card: ModelCard) -> torch.Tens
 
 
 @torch.no_grad()
-def predict_proba(model: TileClassifier, card: ModelCard, images: np.ndarray,
-                  device: str | torch.device = "cpu") -> np.ndarray:
+def predict_proba(
+    model: TileClassifier, card: ModelCard, images: np.ndarray, device: str | torch.device = "cpu"
+) -> np.ndarray:
     """Class probabilities (N, C) for uint8 (N, H, W, 3) tiles."""
     model.eval()
     logits = model(preprocess(images, card).to(device))
@@ -173,13 +177,14 @@ def load_card(run_dir: str | Path) -> ModelCard:
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
-        raise ModelError(f"model.json does not match the model contract: {key}: "
-                         f"{first['msg']}", path) from exc
+        raise ModelError(
+            f"model.json does not match the model contract: {key}: {first['msg']}", path
+        ) from exc
 
 
-def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[
-    TileClassifier, ModelCard
-]:
+def load_model(
+    run_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[TileClassifier, ModelCard]:
     """Load a trained classifier; every mismatch is a one-line :class:`ModelError`."""
     run_dir = Path(run_dir)
     card = load_card(run_dir)

@@ -71,15 +71,31 @@ def _not_implemented(stage: str, issue: str) -> None:
 
 
 @cli.command()
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Folder for the synthetic orthomosaics, plots.gpkg and ground truth.")
-@click.option("--sites", type=click.IntRange(1, 1000), default=3, show_default=True,
-              help="Number of sites (one orthomosaic each).")
-@click.option("--size-px", type=click.IntRange(64, 50000), default=4000, show_default=True,
-              help="Width and height of each site's orthomosaic in pixels.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder for the synthetic orthomosaics, plots.gpkg and ground truth.",
+)
+@click.option(
+    "--sites",
+    type=click.IntRange(1, 1000),
+    default=3,
+    show_default=True,
+    help="Number of sites (one orthomosaic each).",
+)
+@click.option(
+    "--size-px",
+    type=click.IntRange(64, 50000),
+    default=4000,
+    show_default=True,
+    help="Width and height of each site's orthomosaic in pixels.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--config", "config_path", default="leafy_spurge", show_default=True,
-              help=CONFIG_HELP)
+@click.option(
+    "--config", "config_path", default="leafy_spurge", show_default=True, help=CONFIG_HELP
+)
 def synth(out_dir: Path, sites: int, size_px: int, seed: int, config_path: str) -> None:
     """Make a synthetic drone orthomosaic per site with field plots and ground truth.
 
@@ -103,14 +119,23 @@ def synth(out_dir: Path, sites: int, size_px: int, seed: int, config_path: str) 
 
 @cli.command()
 @click.argument("orthos", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--labels", type=click.Path(path_type=Path), help="Field plots (gpkg/shp/geojson/csv).")
+@click.option(
+    "--labels", type=click.Path(path_type=Path), help="Field plots (gpkg/shp/geojson/csv)."
+)
 @click.option("--grid", is_flag=True, help="Unlabelled tiles over the whole orthomosaic.")
-@click.option("--config", "config_path", default="leafy_spurge", show_default=True,
-              help=CONFIG_HELP)
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Output folder for tiles.parquet and tile images.")
-def tile(orthos: tuple[Path, ...], labels: Path | None, grid: bool, config_path: str,
-         out_dir: Path) -> None:
+@click.option(
+    "--config", "config_path", default="leafy_spurge", show_default=True, help=CONFIG_HELP
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output folder for tiles.parquet and tile images.",
+)
+def tile(
+    orthos: tuple[Path, ...], labels: Path | None, grid: bool, config_path: str, out_dir: Path
+) -> None:
     """Cut labelled plot tiles (or an unlabelled grid) out of orthomosaics."""
     _not_implemented("tile", "issue 4")
 
@@ -122,18 +147,39 @@ def tile(orthos: tuple[Path, ...], labels: Path | None, grid: bool, config_path:
 
 @cli.command()
 @click.argument("tiles_dir", type=click.Path(path_type=Path))
-@click.option("--config", "config_path", default="leafy_spurge", show_default=True,
-              help=CONFIG_HELP)
-@click.option("--method", type=click.Choice(["da-fusion", "textual-inversion", "real-guidance"]),
-              default="da-fusion", show_default=True, help="Augmentation method.")
-@click.option("--model", default="CompVis/stable-diffusion-v1-4", show_default=True,
-              help="Diffusers hub id, local folder, single checkpoint file, or tiny-random.")
-@click.option("--per-tile", type=click.IntRange(1), default=10, show_default=True,
-              help="Synthetic images per real tile.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Output folder for tokens, images and synthetic.parquet.")
-def augment(tiles_dir: Path, config_path: str, method: str, model: str, per_tile: int,
-            out_dir: Path) -> None:
+@click.option(
+    "--config", "config_path", default="leafy_spurge", show_default=True, help=CONFIG_HELP
+)
+@click.option(
+    "--method",
+    type=click.Choice(["da-fusion", "textual-inversion", "real-guidance"]),
+    default="da-fusion",
+    show_default=True,
+    help="Augmentation method.",
+)
+@click.option(
+    "--model",
+    default="CompVis/stable-diffusion-v1-4",
+    show_default=True,
+    help="Diffusers hub id, local folder, single checkpoint file, or tiny-random.",
+)
+@click.option(
+    "--per-tile",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Synthetic images per real tile.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output folder for tokens, images and synthetic.parquet.",
+)
+def augment(
+    tiles_dir: Path, config_path: str, method: str, model: str, per_tile: int, out_dir: Path
+) -> None:
     """Make synthetic training tiles with Stable Diffusion (DA-Fusion and baselines)."""
     _not_implemented("augment", "issue 5")
 
@@ -145,17 +191,38 @@ def augment(tiles_dir: Path, config_path: str, method: str, model: str, per_tile
 
 @cli.command()
 @click.argument("tiles_dir", type=click.Path(path_type=Path))
-@click.option("--synthetic", "synthetic_dir", type=click.Path(path_type=Path),
-              help="Synthetic store from `spurge augment` to mix in.")
-@click.option("--config", "config_path", default="leafy_spurge", show_default=True,
-              help=CONFIG_HELP)
-@click.option("--shots", type=click.IntRange(1), default=16, show_default=True,
-              help="Labelled training tiles per class.")
+@click.option(
+    "--synthetic",
+    "synthetic_dir",
+    type=click.Path(path_type=Path),
+    help="Synthetic store from `spurge augment` to mix in.",
+)
+@click.option(
+    "--config", "config_path", default="leafy_spurge", show_default=True, help=CONFIG_HELP
+)
+@click.option(
+    "--shots",
+    type=click.IntRange(1),
+    default=16,
+    show_default=True,
+    help="Labelled training tiles per class.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Run folder for model.safetensors, model.json and metrics.json.")
-def train(tiles_dir: Path, synthetic_dir: Path | None, config_path: str, shots: int, seed: int,
-          out_dir: Path) -> None:
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Run folder for model.safetensors, model.json and metrics.json.",
+)
+def train(
+    tiles_dir: Path,
+    synthetic_dir: Path | None,
+    config_path: str,
+    shots: int,
+    seed: int,
+    out_dir: Path,
+) -> None:
     """Train a few-shot tile classifier and report held-out accuracy."""
     _not_implemented("train", "issue 6")
 
@@ -167,16 +234,34 @@ def train(tiles_dir: Path, synthetic_dir: Path | None, config_path: str, shots: 
 
 @cli.command()
 @click.argument("tiles_dir", type=click.Path(path_type=Path))
-@click.option("--synthetic-root", type=click.Path(path_type=Path),
-              help="Folder holding one synthetic store per method.")
-@click.option("--methods", default="none,randaugment,real-guidance,da-fusion", show_default=True,
-              help="Comma-separated methods to compare.")
+@click.option(
+    "--synthetic-root",
+    type=click.Path(path_type=Path),
+    help="Folder holding one synthetic store per method.",
+)
+@click.option(
+    "--methods",
+    default="none,randaugment,real-guidance,da-fusion",
+    show_default=True,
+    help="Comma-separated methods to compare.",
+)
 @click.option("--shots", default="1,2,4,8,16", show_default=True, help="Comma-separated shots.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Output folder for results.csv, the plot and the summary.")
-def evaluate(tiles_dir: Path, synthetic_root: Path | None, methods: str, shots: str, seeds: str,
-             out_dir: Path) -> None:
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output folder for results.csv, the plot and the summary.",
+)
+def evaluate(
+    tiles_dir: Path,
+    synthetic_root: Path | None,
+    methods: str,
+    shots: str,
+    seeds: str,
+    out_dir: Path,
+) -> None:
     """Compare augmentation methods across shots and seeds on held-out sites."""
     _not_implemented("evaluate", "issue 6")
 
@@ -188,10 +273,21 @@ def evaluate(tiles_dir: Path, synthetic_root: Path | None, methods: str, shots: 
 
 @cli.command(name="map")
 @click.argument("orthos", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--model", "run_dir", type=click.Path(path_type=Path), required=True,
-              help="Run folder from `spurge train`.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("maps"),
-              show_default=True, help="Output folder.")
+@click.option(
+    "--model",
+    "run_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Run folder from `spurge train`.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("maps"),
+    show_default=True,
+    help="Output folder.",
+)
 def map_(orthos: tuple[Path, ...], run_dir: Path, out_dir: Path) -> None:
     """Predict presence over whole orthomosaics: COG, GeoJSON, GeoPackage, HTML, QGIS style."""
     _not_implemented("map", "issue 7")
@@ -203,8 +299,14 @@ def map_(orthos: tuple[Path, ...], run_dir: Path, out_dir: Path) -> None:
 
 
 @cli.command()
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/demo"),
-              show_default=True, help="Folder for every artefact of the demo.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("runs/demo"),
+    show_default=True,
+    help="Folder for every artefact of the demo.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 def demo(out_dir: Path, seed: int) -> None:
     """Run the whole pipeline on a synthetic orthomosaic (offline, CPU, minutes).
@@ -223,12 +325,24 @@ def demo(out_dir: Path, seed: int) -> None:
 
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--root", type=click.Path(path_type=Path),
-              help="Folder holding the data set's files (default: the manifest's folder).")
-def verify(manifest: Path, root: Path | None) -> None:
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    help="Folder holding the data set's files (default: the manifest's folder).",
+)
+@click.option(
+    "--record",
+    is_flag=True,
+    help="First download: write the SHA-256 of every file under --root into the "
+    "manifest where none is recorded yet, then verify.",
+)
+def verify(manifest: Path, root: Path | None, record: bool) -> None:
     """Check a local copy of a data set against its data_manifest/ YAML (sha256 of each file)."""
-    from spurge.io.datasets import verify_dataset
+    from spurge.io.datasets import record_checksums, verify_dataset
 
+    if record:
+        added = record_checksums(manifest, root if root is not None else manifest.parent)
+        click.echo(f"recorded {added} new checksum(s) in {manifest}")
     report = verify_dataset(manifest, root)
     click.echo(report.summary())
     if not report.ok:

@@ -15,8 +15,9 @@ def run_demo(out_dir: str | Path, seed: int = 0) -> str:
     """Run every stage that has landed and return the closing summary."""
     out_dir = Path(out_dir)
     config = load_config("leafy_spurge")
-    synth = synthesize(out_dir / "synthetic", config, sites=DEMO_SITES, size_px=DEMO_SIZE_PX,
-                       seed=seed)
+    synth = synthesize(
+        out_dir / "synthetic", config, sites=DEMO_SITES, size_px=DEMO_SIZE_PX, seed=seed
+    )
     lines = [
         "spurge demo finished.",
         synth.summary(),

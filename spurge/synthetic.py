@@ -29,7 +29,7 @@ from spurge.io.atomic import atomic_path, ensure_writable_dir
 from spurge.io.datasets import write_dataset_manifest
 
 SYNTH_CRS = "EPSG:32612"
-#: Top-left corner of site 0 (UTM 12N metres, near Missoula's eastern valleys); sites are 2 km apart.
+#: Top-left corner of site 0 in UTM 12N metres (western Montana); sites lie 2 km apart.
 ORIGIN_EASTING = 300_000.0
 ORIGIN_NORTHING = 5_180_000.0
 SITE_SPACING_M = 2_000.0
@@ -169,7 +169,7 @@ def plot_centres(size_px: int, plot_px: int, rng: np.random.Generator) -> list[t
         for j in range(3):
             row = cell * (i + 0.5) + rng.uniform(-slack, slack) * 0.8
             col = cell * (j + 0.5) + rng.uniform(-slack, slack) * 0.8
-            centres.append((int(round(row)), int(round(col))))
+            centres.append((round(row), round(col)))
     return centres
 
 
@@ -323,7 +323,7 @@ def synthesize(
         result.orthos.append(ortho)
         result.truths.append(truth_path)
         for k, ((row, col), cover) in enumerate(zip(truth.centres_px, truth.cover, strict=True)):
-            x, y = transform * (col, row)
+            x, y = transform @ (col, row)
             label = present if cover >= PRESENCE_MIN_COVER else absent
             rows.append(
                 {

@@ -56,14 +56,15 @@ def load_dataset_manifest(path: str | Path) -> DatasetManifest:
         raise ManifestError(f"{key}: {first['msg']}", path) from exc
 
 
-def write_dataset_manifest(
-    path: str | Path, *, files: Sequence[Path], **fields: object
-) -> Path:
+def write_dataset_manifest(path: str | Path, *, files: Sequence[Path], **fields: object) -> Path:
     """Write a manifest listing ``files`` (relative to the manifest) with their checksums."""
     path = Path(path)
     entries = [
-        DataFile(path=f.relative_to(path.parent).as_posix(), sha256=sha256_file(f),
-                 bytes=f.stat().st_size)
+        DataFile(
+            path=f.relative_to(path.parent).as_posix(),
+            sha256=sha256_file(f),
+            bytes=f.stat().st_size,
+        )
         for f in files
     ]
     manifest = DatasetManifest(files=entries, **fields)  # type: ignore[arg-type]
@@ -95,6 +96,35 @@ class VerifyReport:
         lines += [f"  checksum mismatch: {name}" for name in self.mismatched]
         lines += [f"  present, no checksum recorded: {name}" for name in self.unchecked]
         return "\n".join(lines)
+
+
+def record_checksums(manifest_path: str | Path, root: str | Path) -> int:
+    """Pin the SHA-256 of every file under ``root`` into the manifest (first download).
+
+    Files already listed with a checksum keep it (a mismatch is for ``verify`` to report);
+    returns how many checksums were added.
+    """
+    manifest_path = Path(manifest_path)
+    manifest = load_dataset_manifest(manifest_path)
+    root = Path(root)
+    if not root.is_dir():
+        raise ManifestError("data folder not found", root)
+    listed = {entry.path: entry for entry in manifest.files}
+    added = 0
+    for local in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = local.relative_to(root).as_posix()
+        entry = listed.get(relative)
+        if entry is None:
+            entry = DataFile(path=relative)
+            manifest.files.append(entry)
+            listed[relative] = entry
+        if entry.sha256 is None:
+            entry.sha256 = sha256_file(local)
+            entry.bytes = local.stat().st_size
+            added += 1
+    text = yaml.safe_dump(manifest.model_dump(mode="json"), sort_keys=False)
+    write_text_atomic(manifest_path, text)
+    return added
 
 
 def verify_dataset(manifest_path: str | Path, root: str | Path | None = None) -> VerifyReport:

@@ -8,6 +8,7 @@ whole orthomosaic into memory.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from spurge.errors import RasterError
@@ -31,7 +32,10 @@ def open_ortho(path: str | Path, *, require_crs: bool = True) -> Iterator[Any]:
     if not path.exists():
         raise RasterError("file not found", path)
     try:
-        src = rasterio.open(path)
+        with warnings.catch_warnings():
+            # A missing geotransform is reported below as a one-line error instead.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
     except RasterioIOError as exc:
         raise RasterError(f"cannot read as a raster ({_gdal_reason(exc)})", path) from exc
     try:

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny species configs and the real rasters in ../shared/testdata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spurge.config import SpeciesConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTDATA = REPO_ROOT.parent / "shared" / "testdata"
+
+
+@pytest.fixture
+def testdata() -> Path:
+    """The shared real georeferenced rasters and vectors (skip where they are absent)."""
+    if not TESTDATA.is_dir():
+        pytest.skip("../shared/testdata is not available")
+    return TESTDATA
+
+
+def make_tiny_config(**overrides: object) -> SpeciesConfig:
+    """A leafy-spurge-like config with 32 px tiles at 5 cm: plots of 64 px, fast to test."""
+    values: dict[str, object] = {
+        "species": "tiny spurge",
+        "classes": [
+            {"name": "absent", "initializer": "grassland"},
+            {"name": "present", "initializer": "flowers"},
+        ],
+        "positive_class": "present",
+        "context_prompts": ["grassland", "snow", "mountain"],
+        "plot_size_m": 3.2,
+        "tile_size_px": 32,
+        "quarters": True,
+        "gsd_m": 0.05,
+    }
+    values.update(overrides)
+    return SpeciesConfig.model_validate(values)
+
+
+@pytest.fixture
+def tiny_config() -> SpeciesConfig:
+    return make_tiny_config()

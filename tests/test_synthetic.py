@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window, from_bounds
+from shapely.geometry import box
+
+from spurge.config import SpeciesConfig
+from spurge.errors import SpurgeError
+from spurge.io.datasets import verify_dataset
+from spurge.synthetic import (
+    ORIGIN_EASTING,
+    ORIGIN_NORTHING,
+    PRESENCE_MIN_COVER,
+    SITE_SPACING_M,
+    synthesize,
+)
+
+SIZE = 320
+
+
+@pytest.fixture
+def synth_dir(tmp_path: Path, tiny_config: SpeciesConfig) -> Path:
+    synthesize(tmp_path / "syn", tiny_config, sites=2, size_px=SIZE, seed=7)
+    return tmp_path / "syn"
+
+
+def test_georeferencing(synth_dir: Path, tiny_config: SpeciesConfig) -> None:
+    for site in range(2):
+        with rasterio.open(synth_dir / f"site_{site:03d}.tif") as src:
+            assert src.crs.to_epsg() == 32612
+            assert (src.width, src.height, src.count) == (SIZE, SIZE, 3)
+            assert src.dtypes == ("uint8",) * 3
+            left = ORIGIN_EASTING + site * SITE_SPACING_M
+            assert src.transform == rasterio.Affine(
+                tiny_config.gsd_m, 0, left, 0, -tiny_config.gsd_m, ORIGIN_NORTHING
+            )
+            assert src.bounds.left == pytest.approx(left)
+            assert src.bounds.bottom == pytest.approx(ORIGIN_NORTHING - SIZE * tiny_config.gsd_m)
+            assert src.block_shapes == [(256, 256)] * 3 and src.compression.name == "deflate"
+            ortho_transform = src.transform
+        with rasterio.open(synth_dir / f"site_{site:03d}_truth.tif") as truth:
+            assert truth.transform == ortho_transform and truth.crs == src.crs
+
+
+def test_plots_inside_their_site_and_labelled_from_truth(
+    synth_dir: Path, tiny_config: SpeciesConfig
+) -> None:
+    plots = gpd.read_file(synth_dir / "plots.gpkg")
+    assert plots.crs.to_epsg() == 32612
+    assert len(plots) == 18 and plots["plot_id"].is_unique
+    assert set(plots["label"]) <= {"absent", "present"}
+    half = tiny_config.plot_size_m / 2
+    for site, group in plots.groupby("site"):
+        assert len(group) == 9
+        with rasterio.open(synth_dir / f"{site}_truth.tif") as truth:
+            site_box = box(*truth.bounds)
+            for plot in group.itertuples():
+                square = plot.geometry.buffer(half, cap_style="square")
+                assert site_box.contains(square)
+                window = from_bounds(*square.bounds, transform=truth.transform)
+                window = window.round_offsets().round_lengths()
+                assert window.width == tiny_config.plot_size_px
+                cover = truth.read(1, window=window).mean()
+                assert cover == pytest.approx(plot.cover, abs=1e-5)
+                expected = "present" if cover >= PRESENCE_MIN_COVER else "absent"
+                assert plot.label == expected
+
+
+def test_both_classes_and_spurge_colour(tmp_path: Path, tiny_config: SpeciesConfig) -> None:
+    result = synthesize(tmp_path, tiny_config, sites=3, size_px=SIZE, seed=1)
+    assert {"absent", "present"} <= set(result.labels)
+    with rasterio.open(result.orthos[0]) as src, rasterio.open(result.truths[0]) as truth:
+        rgb = src.read().astype(float)
+        spurge = truth.read(1).astype(bool)
+    if spurge.any():
+        # Bracts are yellow-green: more green and red than blue, unlike the bare soil.
+        excess = (rgb[0] + rgb[1]) / 2 - rgb[2]
+        assert excess[spurge].mean() > excess[~spurge].mean() + 10
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path, tiny_config) -> None:
+    a = synthesize(tmp_path / "a", tiny_config, sites=1, size_px=SIZE, seed=3)
+    b = synthesize(tmp_path / "b", tiny_config, sites=1, size_px=SIZE, seed=3)
+    c = synthesize(tmp_path / "c", tiny_config, sites=1, size_px=SIZE, seed=4)
+    for name in ("site_000.tif", "site_000_truth.tif", "plots.gpkg"):
+        assert (a.out_dir / name).read_bytes() == (b.out_dir / name).read_bytes(), name
+    assert (a.out_dir / "site_000.tif").read_bytes() != (c.out_dir / "site_000.tif").read_bytes()
+
+
+def test_too_small_site_is_a_clear_error(tmp_path: Path, tiny_config) -> None:
+    with pytest.raises(SpurgeError, match="too small for nine 3.2 m plots"):
+        synthesize(tmp_path, tiny_config, sites=1, size_px=100, seed=0)
+    assert not list(tmp_path.glob("*.tif"))
+
+
+def test_manifest_verifies_and_detects_tampering(synth_dir: Path) -> None:
+    report = verify_dataset(synth_dir / "dataset.yaml")
+    assert report.ok and len(report.ok_files) == 5
+    with rasterio.open(synth_dir / "site_001.tif", "r+") as dst:
+        dst.write(np.zeros((3, 4, 4), dtype=np.uint8), window=Window(0, 0, 4, 4))
+    (synth_dir / "site_000_truth.tif").unlink()
+    report = verify_dataset(synth_dir / "dataset.yaml")
+    assert not report.ok
+    assert report.mismatched == ["site_001.tif"]
+    assert report.missing == ["site_000_truth.tif"]
+    assert "1 missing, 1 with a wrong checksum" in report.summary()
