@@ -208,7 +208,7 @@ def snap_point_window(
 ) -> Window:
     """The whole-pixel block of ``size_m`` whose centre is nearest to the point (x, y)."""
     n_x, n_y = _pixels(size_m, pixel_m[0], even), _pixels(size_m, pixel_m[1], even)
-    col, row = ~transform * (x, y)
+    col, row = ~transform @ (x, y)
     return Window(math.floor(col - n_x / 2 + 0.5), math.floor(row - n_y / 2 + 0.5), n_x, n_y)
 
 
@@ -217,7 +217,7 @@ def snap_bounds_window(
 ) -> Window:
     """The whole-pixel block between ``bounds``' edges, each rounded to the nearest pixel edge."""
     minx, miny, maxx, maxy = bounds
-    cols, rows = zip(~transform * (minx, maxy), ~transform * (maxx, miny), strict=True)
+    cols, rows = zip(~transform @ (minx, maxy), ~transform @ (maxx, miny), strict=True)
     col0, col1 = (math.floor(c + 0.5) for c in sorted(cols))
     row0, row1 = (math.floor(r + 0.5) for r in sorted(rows))
     n_x, n_y = max(1, col1 - col0), max(1, row1 - row0)
