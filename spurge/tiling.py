@@ -26,9 +26,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +48,10 @@ from tqdm import tqdm
 from spurge.config import SpeciesConfig
 from spurge.errors import RasterError, VectorError
 from spurge.io.atomic import (
-    atomic_path,
     ensure_writable_dir,
     remove_stale_temporaries,
     sha256_file,
+    temporary_sibling,
     write_text_atomic,
 )
 from spurge.io.manifest import TILE_COLUMNS, manifest_path, write_tile_manifest
@@ -65,6 +67,8 @@ from spurge.io.vector import plots_in_crs, read_plots
 
 SOURCES_FILE = "sources.json"
 IMAGES_DIR = "images"
+#: Threads encoding and writing PNGs while the main thread reads windows.
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 #: zlib level for tile PNGs: level 1 is several times faster than 6 for a few % more bytes.
 PNG_COMPRESS_LEVEL = 1
 
@@ -340,8 +344,15 @@ def write_tile_png(path: Path, rgb: np.ndarray) -> bool:
                     return False
         except OSError:
             pass  # unreadable leftovers are rewritten
-    with atomic_path(path) as tmp:
+    # Same temp-then-rename as spurge.io.atomic.atomic_path, minus its per-call folder check
+    # (the tile folders are created once up front): this runs once per tile.
+    tmp = temporary_sibling(path)
+    try:
         tmp.write_bytes(encode_png(rgb))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return True
 
 
@@ -406,6 +417,7 @@ def _run_jobs(
     out_dir: Path,
     result: TileResult,
     progress: bool,
+    workers: int,
 ) -> list[TileJob]:
     """Read, check and write every tile; returns the jobs that produced a tile."""
     out_size = (config.tile_size_px, config.tile_size_px)
@@ -419,21 +431,33 @@ def _run_jobs(
     bar = tqdm(
         total=len(jobs), desc="tiles", unit="tile", leave=False, disable=None if progress else True
     )
-    for source_path, source_jobs in by_source.items():
-        with open_ortho(source_path) as src:
-            for job in source_jobs:
-                rgb, valid = read_window_rgb8(
-                    src, job.window, job.source.scaling, config.alpha_band, out_size=out_size
-                )
-                bar.update()
-                if 1.0 - float(valid.mean()) > config.max_nodata_fraction:
-                    result.nodata_skipped.append(job.tile_id)
-                    continue
-                if write_tile_png(out_dir / job.path, rgb):
-                    result.written += 1
-                else:
-                    result.unchanged += 1
-                kept.append(job)
+    # Reads stay on this thread (a rasterio dataset is not thread-safe); PNG encoding and
+    # writing, which release the GIL in zlib, overlap with the next reads in a small pool.
+    pending: deque[tuple[TileJob, Future[bool]]] = deque()
+
+    def collect(limit: int) -> None:
+        while len(pending) > limit:
+            job, future = pending.popleft()
+            if future.result():
+                result.written += 1
+            else:
+                result.unchanged += 1
+            kept.append(job)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for source_path, source_jobs in by_source.items():
+            with open_ortho(source_path) as src:
+                for job in source_jobs:
+                    rgb, valid = read_window_rgb8(
+                        src, job.window, job.source.scaling, config.alpha_band, out_size=out_size
+                    )
+                    bar.update()
+                    if 1.0 - float(valid.mean()) > config.max_nodata_fraction:
+                        result.nodata_skipped.append(job.tile_id)
+                        continue
+                    pending.append((job, pool.submit(write_tile_png, out_dir / job.path, rgb)))
+                    collect(4 * workers)  # bounded memory: a few tiles in flight
+        collect(0)
     bar.close()
     return kept
 
@@ -531,6 +555,7 @@ def tile_plots(
     val_fraction: float = 0.2,
     seed: int = 0,
     progress: bool = True,
+    workers: int = DEFAULT_WORKERS,
 ) -> TileResult:
     """Cut every labelled plot out of the orthomosaic that covers it completely.
 
@@ -635,7 +660,7 @@ def tile_plots(
     if dupes:
         raise VectorError(f"plot ids collide once made file-name safe, e.g. {dupes[0]}", labels)
 
-    kept = _run_jobs(jobs, config, out, result, progress)
+    kept = _run_jobs(jobs, config, out, result, progress, workers)
     if not kept:
         raise RasterError(
             f"every tile is more than {config.max_nodata_fraction:.0%} nodata; nothing to write",
@@ -651,6 +676,7 @@ def tile_grid(
     out_dir: str | Path,
     *,
     progress: bool = True,
+    workers: int = DEFAULT_WORKERS,
 ) -> TileResult:
     """Cut unlabelled tiles over whole orthomosaics (split ``unlabelled``, label null).
 
@@ -683,7 +709,7 @@ def tile_grid(
                     "unlabelled",
                 )
             )
-    kept = _run_jobs(jobs, config, out, result, progress)
+    kept = _run_jobs(jobs, config, out, result, progress, workers)
     if not kept:
         raise RasterError(
             f"every grid tile is more than {config.max_nodata_fraction:.0%} nodata",
