@@ -334,3 +334,37 @@ def test_cli_tile(tmp_path, synth) -> None:
     assert missing.exit_code == 1
     assert missing.output.strip() == f"error: {tmp_path / 'nope.gpkg'}: file not found"
     assert os.listdir(tmp_path / "y") == []
+
+
+def test_geographic_ortho(tmp_path, synth, config) -> None:
+    """An orthomosaic in lon/lat: plot sizes in metres become degrees via the pixel size."""
+    from rasterio.warp import calculate_default_transform, reproject
+
+    with rasterio.open(synth.orthos[0]) as src:
+        transform, width, height = calculate_default_transform(
+            src.crs, "EPSG:4326", src.width, src.height, *src.bounds
+        )
+        profile = {
+            **src.profile,
+            "crs": "EPSG:4326",
+            "transform": transform,
+            "width": width,
+            "height": height,
+        }
+        ortho = tmp_path / "site_000.tif"
+        with rasterio.open(ortho, "w", **profile) as dst:
+            for band in (1, 2, 3):
+                reproject(
+                    rasterio.band(src, band),
+                    rasterio.band(dst, band),
+                    resampling=Resampling.nearest,
+                )
+    result = tile_plots([ortho], synth.plots, config, tmp_path / "t", progress=False)
+    assert "reprojected from EPSG:32612 to EPSG:4326" in result.summary()
+    tiles = read_tile_manifest(tmp_path / "t")
+    assert tiles.crs.to_epsg() == 4326 and len(tiles) > 0
+    metres = tiles.to_crs("EPSG:32612")
+    # Each quarter covers half a plot (1.6 m) within a pixel of the warped grid.
+    assert np.allclose(np.sqrt(metres.geometry.area), 1.6, atol=0.08)
+    row = tiles.iloc[0].to_dict()
+    assert read_png(tmp_path / "t", row["path"]).shape == (32, 32, 3)
