@@ -118,26 +118,96 @@ def synth(out_dir: Path, sites: int, size_px: int, seed: int, config_path: str) 
 
 
 @cli.command()
-@click.argument("orthos", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("orthos", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
-    "--labels", type=click.Path(path_type=Path), help="Field plots (gpkg/shp/geojson/csv)."
+    "--labels",
+    type=click.Path(path_type=Path),
+    help="Field plots: GeoPackage, Shapefile, GeoJSON, or CSV with x/y columns; "
+    "points (plot centres) or polygons (plot outlines).",
 )
-@click.option("--grid", is_flag=True, help="Unlabelled tiles over the whole orthomosaic.")
+@click.option(
+    "--labels-crs",
+    help="CRS of the plot coordinates when the file has none (CSV, Shapefile "
+    "without .prj), e.g. EPSG:32612.",
+)
+@click.option(
+    "--grid",
+    is_flag=True,
+    help="Cut unlabelled tiles over the whole orthomosaics instead (an unlabelled pool).",
+)
 @click.option(
     "--config", "config_path", default="leafy_spurge", show_default=True, help=CONFIG_HELP
 )
+@click.option(
+    "--test-sites",
+    help="Comma-separated sites for the test split (default: about a quarter of the "
+    "sites drawn by --seed; with one site, a spatial block).",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 0.9),
+    default=0.2,
+    show_default=True,
+    help="Share of the remaining plots per class held out for validation.",
+)
+@click.option(
+    "--max-nodata",
+    type=click.FloatRange(0, 1),
+    help="Skip tiles with more nodata than this fraction (default: the config's "
+    "max_nodata_fraction).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split.")
 @click.option(
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
     required=True,
-    help="Output folder for tiles.parquet and tile images.",
+    help="Output folder for tiles.parquet, sources.json and the tile images.",
 )
 def tile(
-    orthos: tuple[Path, ...], labels: Path | None, grid: bool, config_path: str, out_dir: Path
+    orthos: tuple[Path, ...],
+    labels: Path | None,
+    labels_crs: str | None,
+    grid: bool,
+    config_path: str,
+    test_sites: str | None,
+    val_fraction: float,
+    max_nodata: float | None,
+    seed: int,
+    out_dir: Path,
 ) -> None:
-    """Cut labelled plot tiles (or an unlabelled grid) out of orthomosaics."""
-    _not_implemented("tile", "issue 4")
+    """Cut labelled plot tiles (or an unlabelled grid) out of orthomosaics.
+
+    ORTHOS are GeoTIFF/COG/VRT files, one per site or flight. Each plot is cut from the
+    first orthomosaic that covers it completely, snapped to its pixel grid, as 2 x 2 quarter
+    tiles (or one tile) of the config's tile size, resampled only when the orthomosaic's
+    GSD differs from the config's. Writes 8-bit RGB PNGs, tiles.parquet (GeoParquet) and
+    sources.json (checksums and 8-bit band scaling). Re-running writes nothing new.
+    """
+    from spurge.config import load_config
+    from spurge.tiling import tile_grid, tile_plots
+
+    if grid == (labels is not None):
+        raise click.UsageError("give either --labels PLOTS or --grid (not both)")
+    config = load_config(config_path)
+    if max_nodata is not None:
+        config = config.model_copy(update={"max_nodata_fraction": max_nodata})
+    if grid:
+        result = tile_grid(orthos, config, out_dir)
+    else:
+        assert labels is not None
+        sites = [s.strip() for s in test_sites.split(",") if s.strip()] if test_sites else None
+        result = tile_plots(
+            orthos,
+            labels,
+            config,
+            out_dir,
+            labels_crs=labels_crs,
+            test_sites=sites,
+            val_fraction=val_fraction,
+            seed=seed,
+        )
+    click.echo(result.summary())
 
 
 # --------------------------------------------------------------------------------------------

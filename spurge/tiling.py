@@ -1,0 +1,736 @@
+"""Plots → windows → tiles, and grid tiling: the ``spurge tile`` stage.
+
+``tile_plots`` cuts each field plot out of the orthomosaic that covers it completely, as one
+tile or 2 x 2 quarter tiles of ``config.tile_size_px``; ``tile_grid`` cuts an unlabelled
+grid over whole orthomosaics. Both write 8-bit RGB PNGs and ``tiles.parquet`` (see
+:mod:`spurge.io.manifest`) plus ``sources.json``, which records each orthomosaic's checksum
+and 8-bit band scaling so that ``spurge map`` reads pixels exactly as the tiles were made.
+
+Snapping rule (documented in docs/tile.md). Windows are whole ortho pixels:
+
+* a point plot is an ``n_x x n_y`` block, ``n = round(plot_size_m / pixel_size_m)`` per axis
+  (rounded to an even number when quarters are on, so the quarters are equal); its top-left
+  pixel is ``floor(c - n / 2 + 0.5)`` where ``c`` is the centre's fractional pixel coordinate:
+  the block whose centre is nearest to the plot centre;
+* a polygon plot is the block between its bounding box's edges, each rounded to the nearest
+  pixel edge (one more column/row on the right/bottom if quarters need an even size);
+* a grid tile is ``round(tile_size_px * gsd_m / pixel_size_m)`` pixels per axis, from the
+  top-left corner, dropping partial tiles at the right and bottom edges.
+
+Each window (or quarter) is read with rasterio and resampled to ``tile_size_px`` only when its
+size differs from it, so at the configured GSD tile pixels are the orthomosaic's own pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+from collections import Counter, deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+from PIL import Image
+from pyproj import CRS
+from rasterio.windows import Window
+from rasterio.windows import bounds as window_bounds
+from shapely.geometry import box
+from tqdm import tqdm
+
+from spurge.config import SpeciesConfig
+from spurge.errors import RasterError, VectorError
+from spurge.io.atomic import (
+    ensure_writable_dir,
+    remove_stale_temporaries,
+    sha256_file,
+    temporary_sibling,
+    write_text_atomic,
+)
+from spurge.io.manifest import TILE_COLUMNS, manifest_path, write_tile_manifest
+from spurge.io.raster import (
+    BandScaling,
+    check_bands,
+    compute_scaling,
+    open_ortho,
+    pixel_size_m,
+    read_window_rgb8,
+)
+from spurge.io.vector import plots_in_crs, read_plots
+
+SOURCES_FILE = "sources.json"
+IMAGES_DIR = "images"
+#: Threads encoding and writing PNGs while the main thread reads windows.
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+#: zlib level for tile PNGs: level 1 is several times faster than 6 for a few % more bytes.
+PNG_COMPRESS_LEVEL = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: one per orthomosaic
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """An orthomosaic as the tiler sees it: where it is, its grid and its 8-bit scaling."""
+
+    path: Path
+    site: str
+    sha256: str
+    crs: str
+    width: int
+    height: int
+    transform: Any
+    pixel_size_m: tuple[float, float]
+    scaling: BandScaling
+    size_bytes: int
+    mtime_ns: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "site": self.site,
+            "sha256": self.sha256,
+            "crs": self.crs,
+            "width": self.width,
+            "height": self.height,
+            "transform": list(self.transform)[:6],
+            "pixel_size_m": list(self.pixel_size_m),
+            "scaling": self.scaling.to_dict(),
+            "size_bytes": self.size_bytes,
+            "mtime_ns": self.mtime_ns,
+        }
+
+
+def _crs_text(crs: Any) -> str:
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe version of a site or plot id (stable, readable)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip("-.") or "x"
+
+
+def load_sources(tiles_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """``sources.json`` of a tiles folder: ortho path -> checksum, grid, scaling, site."""
+    path = manifest_path(tiles_dir).parent / SOURCES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {entry["path"]: entry for entry in data["sources"]}
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+def source_scaling(tiles_dir: str | Path, ortho: str | Path) -> BandScaling | None:
+    """The 8-bit band scaling ``spurge tile`` used for ``ortho`` (None if not tiled from it)."""
+    entry = load_sources(tiles_dir).get(str(Path(ortho).resolve()))
+    return None if entry is None else BandScaling.from_dict(entry["scaling"])
+
+
+def scan_sources(
+    orthos: Sequence[str | Path],
+    config: SpeciesConfig,
+    previous: dict[str, dict[str, Any]] | None = None,
+) -> list[Source]:
+    """Open and validate every orthomosaic; checksum and 8-bit scaling for each.
+
+    ``previous`` (an earlier ``sources.json``) lets a re-run skip hashing files whose size
+    and modification time have not changed.
+    """
+    if not orthos:
+        raise RasterError("no orthomosaic given")
+    previous = previous or {}
+    paths = [Path(o).resolve() for o in orthos]
+    if len(set(paths)) != len(paths):
+        dup = next(p for p in paths if paths.count(p) > 1)
+        raise RasterError("given more than once", dup)
+    stems = Counter(_safe(p.stem) for p in paths)
+    sources = []
+    for path in tqdm(paths, desc="orthomosaics", unit="file", leave=False, disable=None):
+        with open_ortho(path) as src:
+            check_bands(src, config.bands, config.alpha_band, path)
+            stat = path.stat()
+            old = previous.get(str(path), {})
+            scaling = None
+            if old.get("size_bytes") == stat.st_size and old.get("mtime_ns") == stat.st_mtime_ns:
+                sha = old["sha256"]
+                cached = BandScaling.from_dict(old["scaling"])
+                if cached.bands == tuple(config.bands):
+                    scaling = cached
+            else:
+                sha = sha256_file(path)
+            if scaling is None:
+                scaling = compute_scaling(
+                    src, config.bands, tuple(config.scale_percentiles), config.alpha_band, path
+                )
+            site = _safe(path.stem)
+            if stems[site] > 1:  # two "odm_orthophoto.tif" from different flights
+                site = f"{_safe(path.parent.name)}_{site}"
+            sources.append(
+                Source(
+                    path=path,
+                    site=site,
+                    sha256=sha,
+                    crs=_crs_text(src.crs),
+                    width=src.width,
+                    height=src.height,
+                    transform=src.transform,
+                    pixel_size_m=pixel_size_m(src),
+                    scaling=scaling,
+                    size_bytes=stat.st_size,
+                    mtime_ns=stat.st_mtime_ns,
+                )
+            )
+    return sources
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows
+# ---------------------------------------------------------------------------------------------
+
+
+def _pixels(size_m: float, pixel_m: float, even: bool) -> int:
+    n = size_m / pixel_m
+    if even:
+        return 2 * max(1, math.floor(n / 2 + 0.5))
+    return max(1, math.floor(n + 0.5))
+
+
+def snap_point_window(
+    x: float, y: float, transform: Any, pixel_m: tuple[float, float], size_m: float, even: bool
+) -> Window:
+    """The whole-pixel block of ``size_m`` whose centre is nearest to the point (x, y)."""
+    n_x, n_y = _pixels(size_m, pixel_m[0], even), _pixels(size_m, pixel_m[1], even)
+    col, row = ~transform @ (x, y)
+    return Window(math.floor(col - n_x / 2 + 0.5), math.floor(row - n_y / 2 + 0.5), n_x, n_y)
+
+
+def snap_bounds_window(
+    bounds: tuple[float, float, float, float], transform: Any, even: bool
+) -> Window:
+    """The whole-pixel block between ``bounds``' edges, each rounded to the nearest pixel edge."""
+    minx, miny, maxx, maxy = bounds
+    cols, rows = zip(~transform @ (minx, maxy), ~transform @ (maxx, miny), strict=True)
+    col0, col1 = (math.floor(c + 0.5) for c in sorted(cols))
+    row0, row1 = (math.floor(r + 0.5) for r in sorted(rows))
+    n_x, n_y = max(1, col1 - col0), max(1, row1 - row0)
+    if even:
+        n_x, n_y = n_x + n_x % 2, n_y + n_y % 2
+    return Window(col0, row0, n_x, n_y)
+
+
+def quarter_windows(window: Window) -> list[Window]:
+    """2 x 2 quarters in reading order: q0 top-left, q1 top-right, q2 bottom-left, q3."""
+    half_w, half_h = int(window.width) // 2, int(window.height) // 2
+    c0, r0 = int(window.col_off), int(window.row_off)
+    return [
+        Window(c0 + c * half_w, r0 + r * half_h, half_w, half_h) for r in (0, 1) for c in (0, 1)
+    ]
+
+
+def inside(window: Window, source: Source) -> bool:
+    return (
+        window.col_off >= 0
+        and window.row_off >= 0
+        and window.col_off + window.width <= source.width
+        and window.row_off + window.height <= source.height
+    )
+
+
+def grid_windows(source: Source, config: SpeciesConfig) -> list[Window]:
+    """Non-overlapping windows of one tile's ground size; partial edge tiles dropped."""
+    size_m = config.tile_size_px * config.gsd_m
+    n_x = _pixels(size_m, source.pixel_size_m[0], even=False)
+    n_y = _pixels(size_m, source.pixel_size_m[1], even=False)
+    return [
+        Window(col, row, n_x, n_y)
+        for row in range(0, source.height - n_y + 1, n_y)
+        for col in range(0, source.width - n_x + 1, n_x)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------------
+
+
+def assign_splits(
+    plots: pd.DataFrame,
+    *,
+    test_sites: Sequence[str] | None = None,
+    test_fraction: float = 0.25,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    path: str | Path | None = None,
+) -> pd.Series:
+    """Split plots (columns site, plot_id, label, x, y) into train / val / test.
+
+    Test takes whole sites (``test_sites``, or about ``test_fraction`` of the sites drawn by
+    seed, never all of them); with a single site it takes one spatial block instead: plots
+    ordered along the longer axis of their extent, cut into ``round(1 / test_fraction)``
+    contiguous strips, one strip drawn by seed. Val takes about ``val_fraction`` of the
+    remaining plots per class (whole plots, never a class's last training plot). The result
+    is per plot, so a plot's quarters always share a split.
+    """
+    rng = np.random.default_rng(seed)
+    split = pd.Series("train", index=plots.index, dtype="string")
+    sites = sorted(plots["site"].unique())
+    if test_sites:
+        unknown = sorted(set(test_sites) - set(sites))
+        if unknown:
+            raise VectorError(f"test site(s) {unknown} not among the plots' sites {sites}", path)
+        split[plots["site"].isin(list(test_sites))] = "test"
+    elif len(sites) >= 2:
+        n_test = min(len(sites) - 1, max(1, round(len(sites) * test_fraction)))
+        chosen = [sites[i] for i in rng.permutation(len(sites))[:n_test]]
+        split[plots["site"].isin(chosen)] = "test"
+    elif len(plots) >= 2 and test_fraction > 0:
+        n_blocks = min(len(plots), max(2, round(1 / test_fraction)))
+        axis = "x" if np.ptp(plots["x"]) >= np.ptp(plots["y"]) else "y"
+        rank = plots[axis].rank(method="first").to_numpy() - 1
+        block = (rank * n_blocks // len(plots)).astype(int)
+        split[block == int(rng.integers(n_blocks))] = "test"
+    rest = plots[split == "train"]
+    for label in sorted(rest["label"].unique()):
+        members = rest.index[rest["label"] == label].to_numpy()
+        n_val = min(len(members) - 1, math.floor(len(members) * val_fraction + 0.5))
+        if n_val > 0:
+            split[rng.permutation(members)[:n_val]] = "val"
+    return split
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TileJob:
+    """One tile to cut: which window of which source, and its manifest row."""
+
+    tile_id: str
+    path: str
+    source: Source
+    window: Window
+    label: str | None
+    site: str
+    plot_id: str | None
+    split: str
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def write_tile_png(path: Path, rgb: np.ndarray) -> bool:
+    """Write ``rgb`` as PNG atomically unless the file already holds these pixels."""
+    if path.is_file():
+        try:
+            with Image.open(path) as existing:
+                if existing.mode == "RGB" and np.array_equal(np.asarray(existing), rgb):
+                    return False
+        except OSError:
+            pass  # unreadable leftovers are rewritten
+    # Same temp-then-rename as spurge.io.atomic.atomic_path, minus its per-call folder check
+    # (the tile folders are created once up front): this runs once per tile.
+    tmp = temporary_sibling(path)
+    try:
+        tmp.write_bytes(encode_png(rgb))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return True
+
+
+@dataclass
+class TileResult:
+    """What a tiling run did; ``summary()`` is the paragraph the CLI prints."""
+
+    out_dir: Path
+    manifest: Path
+    sources_file: Path
+    mode: str  # "plots" or "grid"
+    n_orthos: int = 0
+    n_plots: int = 0
+    tiles: int = 0
+    written: int = 0
+    unchanged: int = 0
+    split_counts: dict[str, int] = field(default_factory=dict)
+    label_counts: dict[str, int] = field(default_factory=dict)
+    outside: list[str] = field(default_factory=list)
+    nodata_skipped: list[str] = field(default_factory=list)
+    reprojected: list[tuple[str, str]] = field(default_factory=list)
+    resampled_sites: list[str] = field(default_factory=list)
+    manifest_written: bool = True
+
+    def summary(self) -> str:
+        what = f"{self.n_plots} plot(s) into " if self.mode == "plots" else "a grid of "
+        splits = ", ".join(f"{n} {s}" for s, n in self.split_counts.items())
+        parts = [
+            f"Cut {what}{self.tiles} tile(s) ({splits}) from {self.n_orthos} orthomosaic(s) "
+            f"into {self.manifest}: {self.written} image(s) written, {self.unchanged} already "
+            "up to date."
+        ]
+        if self.label_counts:
+            labels = ", ".join(f"{n} {lab}" for lab, n in self.label_counts.items())
+            parts.append(f"Tiles per class: {labels}.")
+        for src, dst in self.reprojected:
+            parts.append(f"Labels reprojected from {src} to {dst}.")
+        if self.resampled_sites:
+            parts.append(f"Resampled to the configured GSD for {', '.join(self.resampled_sites)}.")
+        if self.outside:
+            parts.append(
+                f"Skipped {len(self.outside)} plot(s) not completely inside any orthomosaic: "
+                f"{_examples(self.outside)}."
+            )
+        if self.nodata_skipped:
+            parts.append(
+                f"Skipped {len(self.nodata_skipped)} tile(s) that are mostly nodata: "
+                f"{_examples(self.nodata_skipped)}."
+            )
+        parts.append(f"Band scaling per orthomosaic in {self.sources_file}.")
+        return " ".join(parts)
+
+
+def _examples(items: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _run_jobs(
+    jobs: list[TileJob],
+    config: SpeciesConfig,
+    out_dir: Path,
+    result: TileResult,
+    progress: bool,
+    workers: int,
+) -> list[TileJob]:
+    """Read, check and write every tile; returns the jobs that produced a tile."""
+    out_size = (config.tile_size_px, config.tile_size_px)
+    kept: list[TileJob] = []
+    for folder in sorted({(out_dir / job.path).parent for job in jobs}):
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder)  # leftovers of an interrupted run
+    by_source: dict[Path, list[TileJob]] = {}
+    for job in jobs:
+        by_source.setdefault(job.source.path, []).append(job)
+    bar = tqdm(
+        total=len(jobs), desc="tiles", unit="tile", leave=False, disable=None if progress else True
+    )
+    # Reads stay on this thread (a rasterio dataset is not thread-safe); PNG encoding and
+    # writing, which release the GIL in zlib, overlap with the next reads in a small pool.
+    pending: deque[tuple[TileJob, Future[bool]]] = deque()
+
+    def collect(limit: int) -> None:
+        while len(pending) > limit:
+            job, future = pending.popleft()
+            if future.result():
+                result.written += 1
+            else:
+                result.unchanged += 1
+            kept.append(job)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for source_path, source_jobs in by_source.items():
+            with open_ortho(source_path) as src:
+                for job in source_jobs:
+                    rgb, valid = read_window_rgb8(
+                        src, job.window, job.source.scaling, config.alpha_band, out_size=out_size
+                    )
+                    bar.update()
+                    if 1.0 - float(valid.mean()) > config.max_nodata_fraction:
+                        result.nodata_skipped.append(job.tile_id)
+                        continue
+                    pending.append((job, pool.submit(write_tile_png, out_dir / job.path, rgb)))
+                    collect(4 * workers)  # bounded memory: a few tiles in flight
+        collect(0)
+    bar.close()
+    return kept
+
+
+def _manifest_frame(jobs: list[TileJob], config: SpeciesConfig, crs: str) -> gpd.GeoDataFrame:
+    rows, footprints = [], []
+    for job in jobs:
+        src = job.source
+        footprint = box(*window_bounds(job.window, src.transform))
+        if src.crs != crs:
+            footprint = gpd.GeoSeries([footprint], crs=src.crs).to_crs(crs).iloc[0]
+        footprints.append(footprint)
+        rows.append(
+            {
+                "tile_id": job.tile_id,
+                "path": job.path,
+                "label": job.label,
+                "site": job.site,
+                "plot_id": job.plot_id,
+                "split": job.split,
+                "source": str(src.path),
+                "source_sha256": src.sha256,
+                "row_off": int(job.window.row_off),
+                "col_off": int(job.window.col_off),
+                "height": int(job.window.height),
+                "width": int(job.window.width),
+                "crs": src.crs,
+                # Ground size of one tile pixel along x (the tile is resampled to tile_size_px).
+                "gsd_m": job.window.width * src.pixel_size_m[0] / config.tile_size_px,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=list(TILE_COLUMNS)).astype(TILE_COLUMNS)
+    return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(footprints, crs=crs), crs=crs)
+
+
+def _write_outputs(
+    jobs: list[TileJob],
+    sources: list[Source],
+    config: SpeciesConfig,
+    out_dir: Path,
+    result: TileResult,
+) -> None:
+    """Write tiles.parquet and sources.json, leaving them untouched when nothing changed."""
+    crs = sources[0].crs
+    frame = _manifest_frame(jobs, config, crs)
+    existing = manifest_path(out_dir)
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    if existing.is_file() and existing.read_bytes() == buffer.getvalue():
+        result.manifest_written = False
+    else:
+        write_tile_manifest(frame, out_dir)
+    payload = {
+        "format": "spurge-tile-sources/1",
+        "config_fingerprint": config.fingerprint(),
+        "tile_size_px": config.tile_size_px,
+        "alpha_band": config.alpha_band,
+        "manifest_crs": crs,
+        "sources": [s.to_dict() for s in sources],
+    }
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    sources_path = out_dir / SOURCES_FILE
+    if not sources_path.is_file() or sources_path.read_text(encoding="utf-8") != text:
+        write_text_atomic(sources_path, text)
+    result.split_counts = dict(sorted(Counter(j.split for j in jobs).items()))
+    result.label_counts = dict(sorted(Counter(j.label for j in jobs if j.label).items()))
+    result.tiles = len(jobs)
+    resampled = {j.source.site for j in jobs if int(j.window.width) != config.tile_size_px}
+    result.resampled_sites = sorted(resampled)
+
+
+def _start(out_dir: str | Path, mode: str) -> tuple[Path, TileResult, dict[str, dict[str, Any]]]:
+    out = ensure_writable_dir(out_dir)
+    remove_stale_temporaries(out)
+    result = TileResult(
+        out_dir=out, manifest=manifest_path(out), sources_file=out / SOURCES_FILE, mode=mode
+    )
+    return out, result, load_sources(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def tile_plots(
+    orthos: Sequence[str | Path],
+    labels: str | Path,
+    config: SpeciesConfig,
+    out_dir: str | Path,
+    *,
+    labels_crs: str | None = None,
+    test_sites: Sequence[str] | None = None,
+    test_fraction: float = 0.25,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int = DEFAULT_WORKERS,
+) -> TileResult:
+    """Cut every labelled plot out of the orthomosaic that covers it completely.
+
+    Each plot becomes one tile, or 2 x 2 quarter tiles when ``config.quarters``, of
+    ``config.tile_size_px`` pixels, named ``images/<site>/<site>_<plot>_q<k>.png`` (the site
+    prefix is dropped when the plot id already starts with it). The first orthomosaic (in
+    the given order) that contains a plot's whole window is used. Plots outside every
+    orthomosaic are skipped and reported (an error if none is left); tiles with more than
+    ``config.max_nodata_fraction`` nodata are skipped and reported. Re-running with the same
+    inputs writes nothing; an interrupted run resumes where it stopped.
+    """
+    out, result, previous = _start(out_dir, "plots")
+    labels = Path(labels)
+    plots = read_plots(labels, config, crs=labels_crs)
+    sources = scan_sources(orthos, config, previous)
+    result.n_orthos = len(sources)
+
+    # Place each plot: the first source whose grid holds the whole snapped window.
+    plot_crs = CRS.from_user_input(plots.crs)
+    placed: dict[int, tuple[Source, Window]] = {}
+    centres: dict[int, tuple[float, float]] = {}
+    for source in sources:
+        target = CRS.from_user_input(source.crs)
+        local = plots_in_crs(plots, target)
+        if target != plot_crs:
+            pair = (_crs_text(plot_crs), source.crs)
+            if pair not in result.reprojected:
+                result.reprojected.append(pair)
+        for idx, plot in local.iterrows():
+            if idx in placed:
+                continue
+            geom = plot.geometry
+            if plot["kind"] == "point":
+                window = snap_point_window(
+                    geom.x,
+                    geom.y,
+                    source.transform,
+                    source.pixel_size_m,
+                    config.plot_size_m,
+                    even=config.quarters,
+                )
+            else:
+                window = snap_bounds_window(geom.bounds, source.transform, even=config.quarters)
+            if inside(window, source):
+                placed[idx] = (source, window)
+                centres[idx] = geom.centroid.x, geom.centroid.y
+    # Report outside plots by id; report reprojection only for CRSs plots were cut from.
+    used = {placed[i][0].crs for i in placed}
+    result.reprojected = [pair for pair in result.reprojected if pair[1] in used]
+    result.outside = [str(plots.at[i, "plot_id"]) for i in plots.index if i not in placed]
+    if not placed:
+        raise VectorError(
+            f"none of the {len(plots)} plot(s) lies completely inside any of the "
+            f"{len(sources)} orthomosaic(s) (check that they cover the same area)",
+            labels,
+        )
+
+    table = pd.DataFrame(
+        {
+            "site": [
+                str(plots.at[i, "site"]) if pd.notna(plots.at[i, "site"]) else placed[i][0].site
+                for i in placed
+            ],
+            "plot_id": [str(plots.at[i, "plot_id"]) for i in placed],
+            "label": [str(plots.at[i, "label"]) for i in placed],
+            "x": [centres[i][0] for i in placed],
+            "y": [centres[i][1] for i in placed],
+        },
+        index=list(placed),
+    )
+    table["split"] = assign_splits(
+        table,
+        test_sites=test_sites,
+        test_fraction=test_fraction,
+        val_fraction=val_fraction,
+        seed=seed,
+        path=labels,
+    )
+    result.n_plots = len(table)
+
+    jobs: list[TileJob] = []
+    for idx, row in table.iterrows():
+        source, window = placed[idx]
+        site, plot_id = _safe(row["site"]), _safe(row["plot_id"])
+        base = plot_id if plot_id.startswith(site) else f"{site}_{plot_id}"
+        windows = quarter_windows(window) if config.quarters else [window]
+        for k, win in enumerate(windows):
+            tile_id = f"{base}_q{k}" if config.quarters else base
+            jobs.append(
+                TileJob(
+                    tile_id,
+                    f"{IMAGES_DIR}/{site}/{tile_id}.png",
+                    source,
+                    win,
+                    row["label"],
+                    row["site"],
+                    row["plot_id"],
+                    row["split"],
+                )
+            )
+    dupes = [t for t, n in Counter(j.tile_id for j in jobs).items() if n > 1]
+    if dupes:
+        raise VectorError(f"plot ids collide once made file-name safe, e.g. {dupes[0]}", labels)
+
+    kept = _run_jobs(jobs, config, out, result, progress, workers)
+    if not kept:
+        raise RasterError(
+            f"every tile is more than {config.max_nodata_fraction:.0%} nodata; nothing to write",
+            sources[0].path,
+        )
+    _write_outputs(kept, sources, config, out, result)
+    return result
+
+
+def tile_grid(
+    orthos: Sequence[str | Path],
+    config: SpeciesConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    workers: int = DEFAULT_WORKERS,
+) -> TileResult:
+    """Cut unlabelled tiles over whole orthomosaics (split ``unlabelled``, label null).
+
+    Tiles cover ``tile_size_px * gsd_m`` metres, start at each orthomosaic's top-left corner
+    and do not overlap; partial tiles at the right and bottom edges and tiles with more than
+    ``config.max_nodata_fraction`` nodata are skipped. Named
+    ``images/<site>/<site>_r<row>_c<col>.png`` after their pixel offsets.
+    """
+    out, result, previous = _start(out_dir, "grid")
+    sources = scan_sources(orthos, config, previous)
+    result.n_orthos = len(sources)
+    jobs = []
+    for source in sources:
+        windows = grid_windows(source, config)
+        if not windows:
+            raise RasterError(
+                f"is smaller than one {config.tile_size_px * config.gsd_m:g} m tile", source.path
+            )
+        for win in windows:
+            tile_id = f"{source.site}_r{int(win.row_off):06d}_c{int(win.col_off):06d}"
+            jobs.append(
+                TileJob(
+                    tile_id,
+                    f"{IMAGES_DIR}/{source.site}/{tile_id}.png",
+                    source,
+                    win,
+                    None,
+                    source.site,
+                    None,
+                    "unlabelled",
+                )
+            )
+    kept = _run_jobs(jobs, config, out, result, progress, workers)
+    if not kept:
+        raise RasterError(
+            f"every grid tile is more than {config.max_nodata_fraction:.0%} nodata",
+            sources[0].path,
+        )
+    _write_outputs(kept, sources, config, out, result)
+    return result
+
+
+__all__ = [
+    "SOURCES_FILE",
+    "Source",
+    "TileResult",
+    "assign_splits",
+    "grid_windows",
+    "load_sources",
+    "quarter_windows",
+    "scan_sources",
+    "snap_bounds_window",
+    "snap_point_window",
+    "source_scaling",
+    "tile_grid",
+    "tile_plots",
+]
