@@ -6,6 +6,7 @@ from pathlib import Path
 
 from spurge.config import load_config
 from spurge.synthetic import synthesize
+from spurge.tiling import tile_plots
 
 DEMO_SITES = 3
 DEMO_SIZE_PX = 2000
@@ -18,10 +19,13 @@ def run_demo(out_dir: str | Path, seed: int = 0) -> str:
     synth = synthesize(
         out_dir / "synthetic", config, sites=DEMO_SITES, size_px=DEMO_SIZE_PX, seed=seed
     )
+    tiles = tile_plots(synth.orthos, synth.plots, config, out_dir / "tiles")
     lines = [
         "spurge demo finished.",
         synth.summary(),
+        tiles.summary(),
         "Outputs:",
         *[f"  {path}" for path in [*synth.orthos, *synth.truths, synth.plots, synth.manifest]],
+        f"  {tiles.manifest}",
     ]
     return "\n".join(lines)
