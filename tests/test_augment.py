@@ -83,7 +83,7 @@ def test_tokens_reproducible_for_a_seed(store, tmp_path):
 
 
 def test_store_rows_complete(store):
-    root, tiles, config, result = store
+    root, tiles, _, result = store
     rows = read_synthetic_manifest(root / "syn")
     assert list(rows.columns) == list(SYNTHETIC_COLUMNS)
     assert len(rows) == PER_TILE * N_TRAIN == result.generated == result.planned
@@ -249,7 +249,7 @@ def test_cli_runs_and_reports_tiny_random(store, tmp_path):
     assert res.exit_code == 1 and res.output.startswith("error: ") and "strength 1.5" in res.output
     assert len(res.output.strip().splitlines()) == 1
 
-    res = CliRunner().invoke(cli, [*args[:6], "--model", str(tmp_path / "nope")] + args[8:])
+    res = CliRunner().invoke(cli, [*args[:6], "--model", str(tmp_path / "nope"), *args[8:]])
     assert res.exit_code == 1 and "model path does not exist" in res.output
 
     res = CliRunner().invoke(
@@ -316,12 +316,12 @@ def test_bad_parameters(store, tmp_path):
         augment(tiles, config, tmp_path, **{**FAST, "model": str(tiles / "tiles.parquet")})
     empty_model = tmp_path / "model"
     empty_model.mkdir()
-    with pytest.raises(ModelError, match="model_index.json"):
+    with pytest.raises(ModelError, match=r"model_index\.json"):
         augment(tiles, config, tmp_path / "o", **{**FAST, "model": str(empty_model)})
 
 
 def test_clip_filter(store, tmp_path):
-    root, tiles, config, _ = store
+    _, tiles, config, _ = store
     from spurge.augment.filters import build_tiny_clip
 
     clip = build_tiny_clip(tmp_path / "clip")

@@ -210,6 +210,16 @@ def make_scheduler(name: str, base_config: dict | None = None):
     raise ModelError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
+def sampler_name(scheduler) -> str:
+    """Short name of a scheduler instance (``dpm``, ``pndm``, ``ddim`` or its class name)."""
+    names = {
+        "DPMSolverMultistepScheduler": "dpm",
+        "PNDMScheduler": "pndm",
+        "DDIMScheduler": "ddim",
+    }
+    return names.get(type(scheduler).__name__, type(scheduler).__name__)
+
+
 # ------------------------------------------------------------------------------------------
 # Loading and hashing
 # ------------------------------------------------------------------------------------------
@@ -369,6 +379,15 @@ class LazyModel:
         self.device = device
         self.sampler = sampler
         self._loaded: LoadedModel | None = None
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel) -> LazyModel:
+        """Wrap an already loaded pipeline (re-use one model across several runs)."""
+        lazy = cls.__new__(cls)
+        lazy.model_id, lazy.model_hash = loaded.model_id, loaded.model_hash
+        lazy.device, lazy.sampler = loaded.device, None
+        lazy._loaded = loaded
+        return lazy
 
     @property
     def is_tiny_random(self) -> bool:

@@ -24,7 +24,7 @@ from spurge.augment.generate import (
     class_phrase,
     plan_images,
 )
-from spurge.augment.models import DEFAULT_MODEL, LazyModel
+from spurge.augment.models import DEFAULT_MODEL, LazyModel, LoadedModel, sampler_name
 from spurge.augment.store import (
     IMAGES_DIR,
     SYNTHETIC_MANIFEST,
@@ -131,7 +131,7 @@ def augment(
     config: SpeciesConfig,
     out_dir: str | Path,
     method: str = "da-fusion",
-    model: str = DEFAULT_MODEL,
+    model: str | LoadedModel = DEFAULT_MODEL,
     per_tile: int = 10,
     *,
     strengths: tuple[float, ...] | None = None,
@@ -176,7 +176,11 @@ def augment(
     for folder in [out_dir, out_dir / TOKENS_DIR, *(out_dir / IMAGES_DIR).glob("*")]:
         if folder.is_dir():
             remove_stale_temporaries(folder)
-    lazy = LazyModel(model, device=device, sampler=sampler)
+    # A LoadedModel is used as is (its sampler wins); a name is loaded only if needed.
+    if isinstance(model, LoadedModel):
+        lazy = LazyModel.from_loaded(model)
+    else:
+        lazy = LazyModel(model, device=device, sampler=sampler)
 
     token_result: TokenResult | None = None
     token_hashes: dict[str, str] | None = None
@@ -216,6 +220,8 @@ def augment(
             model_loaded=lazy.loaded,
         )
 
+    # A pre-loaded pipeline brings its own scheduler: the plan records that one.
+    sampler_tag = sampler_name(model.pipe.scheduler) if isinstance(model, LoadedModel) else sampler
     items = plan_images(
         tiles_dir,
         train,
@@ -223,6 +229,7 @@ def augment(
         settings,
         lazy.model_hash,
         token_hashes if settings.uses_tokens else None,
+        sampler_tag=sampler_tag,
     )
     clip: ClipFilter | None = None
     filter_id = None
