@@ -336,3 +336,29 @@ def test_clip_filter(store, tmp_path):
     assert again.generated == 0 and again.rejected_now == 0 and not again.model_loaded
     with pytest.raises(ModelError, match="CLIP model"):
         augment(tiles, config, tmp_path / "x", **{**common, "clip_model": str(tmp_path / "no")})
+
+
+def test_local_diffusers_folder_loads_and_hashes(tmp_path):
+    from spurge.augment.models import (
+        build_tiny_random_pipeline,
+        describe_model,
+        save_pipeline,
+    )
+
+    folder = save_pipeline(build_tiny_random_pipeline(), tmp_path / "sd")
+    model_id, model_hash = describe_model(str(folder))
+    assert model_id == str(folder) and len(model_hash) == 64
+    loaded = load_model(str(folder), device="cpu", sampler="pndm")
+    assert loaded.model_hash == model_hash and not loaded.is_tiny_random
+    assert type(loaded.pipe.scheduler).__name__ == "PNDMScheduler"
+    assert loaded.resolution == 64 and loaded.dtype == torch.float32
+    (folder / "unet" / "config.json").write_text("{not json")
+    with pytest.raises(ModelError, match="cannot load diffusion model"):
+        load_model(str(folder), device="cpu")
+
+
+def test_help_is_real():
+    res = CliRunner().invoke(cli, ["augment", "--help"])
+    assert res.exit_code == 0
+    for option in ("--per-tile", "--batch-size", "--sampler", "--train-tokens-only", "--filter"):
+        assert option in res.output
