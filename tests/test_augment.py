@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -268,7 +269,8 @@ def test_cli_runs_and_reports_tiny_random(store, tmp_path):
             "1",
         ],
     )
-    assert res.exit_code == 0, res.output and "textual inversion" in res.output
+    assert res.exit_code == 0, res.output
+    assert "Textual inversion" in res.output and "--train-tokens-only" in res.output
     assert sorted(p.name for p in (tmp_path / "t" / "tokens").iterdir()) == [
         "absent.safetensors",
         "present.safetensors",
@@ -362,3 +364,59 @@ def test_help_is_real():
     assert res.exit_code == 0
     for option in ("--per-tile", "--batch-size", "--sampler", "--train-tokens-only", "--filter"):
         assert option in res.output
+
+
+TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
+
+
+def test_real_drone_tiles(tmp_path):
+    """Tiles cut from a real georeferenced drone ortho (australia.tif) go through augment."""
+    ortho = TESTDATA / "australia.tif"
+    if not ortho.is_file():
+        pytest.skip("shared test data not available")
+    import geopandas as gpd
+    from rasterio.windows import Window, bounds
+    from shapely.geometry import box
+
+    from spurge.io.manifest import write_tile_manifest
+    from spurge.io.raster import compute_scaling, open_ortho, read_window_rgb8
+
+    tiles = tmp_path / "tiles"
+    (tiles / "images").mkdir(parents=True)
+    rows = []
+    with open_ortho(ortho) as src:
+        scaling = compute_scaling(src, [1, 2, 3])
+        for k in range(2):
+            window = Window(k * 64, 0, 64, 64)
+            rgb, _ = read_window_rgb8(src, window, scaling)
+            rel = f"images/real_{k}.png"
+            Image.fromarray(rgb).save(tiles / rel)
+            rows.append(
+                {
+                    "tile_id": f"real_{k}",
+                    "path": rel,
+                    "label": ["absent", "present"][k],
+                    "site": "aus",
+                    "plot_id": f"p{k}",
+                    "split": "train",
+                    "source": str(ortho),
+                    "source_sha256": "0",
+                    "row_off": 0,
+                    "col_off": k * 64,
+                    "height": 64,
+                    "width": 64,
+                    "crs": src.crs.to_string(),
+                    "gsd_m": float(src.res[0]),
+                    "geometry": box(*bounds(window, src.transform)),
+                }
+            )
+        crs = src.crs
+    write_tile_manifest(gpd.GeoDataFrame(rows, geometry="geometry", crs=crs), tiles)
+    result = augment(
+        tiles, tiny_config(), tmp_path / "syn", method="real-guidance", per_tile=2, **FAST
+    )
+    rows = read_synthetic_manifest(tmp_path / "syn")
+    assert result.generated == 4 and set(rows["source_tile_id"]) == {"real_0", "real_1"}
+    for rel in rows["path"]:
+        with Image.open(tmp_path / "syn" / rel) as img:
+            assert img.size == (64, 64)

@@ -393,6 +393,13 @@ def load_tokens(
         hashes[name] = sha256_file(path)
     if any(t in pipe.tokenizer.get_vocab() for t in names):
         pipe.unload_textual_inversion()  # a previous load in this process: replace it
-    for token, state in zip(names, state_dicts, strict=True):
-        pipe.load_textual_inversion(state, token=token)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the embedding-resize notice is noise for users here
+    try:
+        for token, state in zip(names, state_dicts, strict=True):
+            pipe.load_textual_inversion(state, token=token)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return hashes
