@@ -215,6 +215,13 @@ def tile(
 # --------------------------------------------------------------------------------------------
 
 
+def _strengths(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError as exc:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from exc
+
+
 @cli.command()
 @click.argument("tiles_dir", type=click.Path(path_type=Path))
 @click.option(
@@ -225,33 +232,186 @@ def tile(
     type=click.Choice(["da-fusion", "textual-inversion", "real-guidance"]),
     default="da-fusion",
     show_default=True,
-    help="Augmentation method.",
+    help="da-fusion: class tokens + context prompts; textual-inversion: tokens only; "
+    "real-guidance: the class's words in the prompt, no tokens.",
 )
 @click.option(
     "--model",
     default="CompVis/stable-diffusion-v1-4",
     show_default=True,
-    help="Diffusers hub id, local folder, single checkpoint file, or tiny-random.",
+    help="Diffusers hub id, local folder, single .safetensors/.ckpt file, or "
+    "tiny-random (miniature random weights: tests and offline demo).",
 )
 @click.option(
     "--per-tile",
     type=click.IntRange(1),
     default=10,
     show_default=True,
-    help="Synthetic images per real tile.",
+    help="Synthetic images per real training tile (the paper used 50).",
 )
 @click.option(
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
     required=True,
-    help="Output folder for tokens, images and synthetic.parquet.",
+    help="Synthetic store: tokens/, images/ and synthetic.parquet.",
+)
+@click.option(
+    "--strengths",
+    default="1.0,0.75,0.5,0.25",
+    show_default=True,
+    callback=_strengths,
+    help="img2img strengths the variants cycle through, in (0, 1].",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(1),
+    default=25,
+    show_default=True,
+    help="Sampler steps at strength 1 (img2img runs steps x strength).",
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(["dpm", "pndm", "ddim"]),
+    default="dpm",
+    show_default=True,
+    help="dpm = DPM-Solver++; `--sampler pndm --steps 50` is the paper's setting.",
+)
+@click.option(
+    "--guidance", type=float, default=7.5, show_default=True, help="Classifier-free guidance scale."
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Images per batched UNet call (across tiles).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Run seed; each image's seed derives from (seed, tile_id, index).",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda or cuda:N (fp16 on CUDA, float32 on CPU).",
+)
+@click.option(
+    "--tokens",
+    "tokens_dir",
+    type=click.Path(path_type=Path),
+    help="Use the class token files in this folder instead of training them.",
+)
+@click.option("--train-tokens-only", is_flag=True, help="Stop after textual inversion.")
+@click.option(
+    "--token-steps",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Textual-inversion optimisation steps per class.",
+)
+@click.option(
+    "--token-vectors",
+    type=click.IntRange(1),
+    default=4,
+    show_default=True,
+    help="Embedding vectors per class token.",
+)
+@click.option(
+    "--token-lr",
+    type=float,
+    default=5e-4,
+    show_default=True,
+    help="Textual-inversion learning rate (scaled by the token batch size).",
+)
+@click.option(
+    "--token-batch-size",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Textual-inversion batch size.",
+)
+@click.option(
+    "--filter",
+    "filter_",
+    type=click.Choice(["clip"]),
+    help="Drop images whose CLIP similarity to the class prompt is below a threshold.",
+)
+@click.option("--clip-model", help="transformers CLIP folder or cached hub id for --filter clip.")
+@click.option(
+    "--clip-threshold",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Minimum CLIP cosine similarity kept by --filter clip.",
 )
 def augment(
-    tiles_dir: Path, config_path: str, method: str, model: str, per_tile: int, out_dir: Path
+    tiles_dir: Path,
+    config_path: str,
+    method: str,
+    model: str,
+    per_tile: int,
+    out_dir: Path,
+    strengths: tuple[float, ...],
+    steps: int,
+    sampler: str,
+    guidance: float,
+    batch_size: int,
+    seed: int,
+    device: str,
+    tokens_dir: Path | None,
+    train_tokens_only: bool,
+    token_steps: int,
+    token_vectors: int,
+    token_lr: float,
+    token_batch_size: int,
+    filter_: str | None,
+    clip_model: str | None,
+    clip_threshold: float,
 ) -> None:
-    """Make synthetic training tiles with Stable Diffusion (DA-Fusion and baselines)."""
-    _not_implemented("augment", "issue 5")
+    """Make synthetic training tiles with Stable Diffusion (DA-Fusion and baselines).
+
+    Learns a textual-inversion token per class on the labelled train tiles, then makes
+    --per-tile img2img variants of each tile at several strengths and context prompts.
+    Resumable: re-running the same command generates only what is missing.
+    """
+    from spurge.augment import TokenSettings
+    from spurge.augment import augment as run_augment
+    from spurge.config import load_config
+
+    config = load_config(config_path)
+    result = run_augment(
+        tiles_dir,
+        config,
+        out_dir,
+        method=method,
+        model=model,
+        per_tile=per_tile,
+        strengths=strengths,
+        steps=steps,
+        guidance=guidance,
+        sampler=sampler,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        tokens_dir=tokens_dir,
+        token_settings=TokenSettings(
+            num_vectors=token_vectors,
+            steps=token_steps,
+            learning_rate=token_lr,
+            batch_size=token_batch_size,
+            seed=seed,
+        ),
+        train_tokens_only=train_tokens_only,
+        filter=filter_,
+        clip_model=clip_model,
+        clip_threshold=clip_threshold if filter_ else None,
+    )
+    click.echo(result.summary())
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,199 @@
+"""Benchmark `spurge augment` against a DA-Fusion-reference-style loop, in one run.
+
+Same miniature pipeline (tiny-random weights), same tiles, same plan (DA-Fusion: class tokens,
+context prompts, strengths 1.0/0.75/0.5/0.25):
+
+- ours: ``augment()`` end to end (DPM-Solver++ 25 steps x strength, batched across tiles,
+  each prompt and each source tile encoded once, images + synthetic.parquet written);
+- reference: one ``StableDiffusionImg2ImgPipeline`` call per image, prompt and source tile
+  re-encoded every call, PNDM 50 steps x strength, as the DA-Fusion code does.
+
+Prints (a) UNet evaluations per synthetic image, ours / reference (target <= 0.5);
+(b) images/s, ours / reference (target >= 1.8x on CPU, >= 4x on CUDA with fp16 and batches);
+(c) wall time of re-running an identical plan / first run (target <= 0.02).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_augment.py [--tiles 8] [--per-tile 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import torch
+from PIL import Image
+from shapely.geometry import box
+
+from spurge.augment import TokenSettings, augment, load_tokens, train_tokens
+from spurge.augment.generate import GenerationSettings, plan_images, reference_generate
+from spurge.augment.models import load_model
+from spurge.augment.textual_inversion import labelled_train_tiles
+from spurge.config import SpeciesConfig
+from spurge.io.manifest import write_tile_manifest
+
+
+def make_tiles(folder: Path, n: int, size: int = 64) -> Path:
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k in range(n):
+        label = "present" if k % 2 else "absent"
+        rel = f"images/t{k:03d}.png"
+        pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / rel)
+        rows.append(
+            {
+                "tile_id": f"t{k:03d}",
+                "path": rel,
+                "label": label,
+                "site": "s0",
+                "plot_id": f"p{k}",
+                "split": "train",
+                "source": "s0.tif",
+                "source_sha256": "0",
+                "row_off": 0,
+                "col_off": k * size,
+                "height": size,
+                "width": size,
+                "crs": "EPSG:32612",
+                "gsd_m": 0.05,
+                "geometry": box(k * 3.2, 0, (k + 1) * 3.2, 3.2),
+            }
+        )
+    write_tile_manifest(gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:32612"), folder)
+    return folder
+
+
+class UnetCounter:
+    """Counts per-sample UNet evaluations (a CFG batch of 2 x B counts 2 x B)."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.count = 0
+        unet.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        self.count += int(sample.shape[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiles", type=int, default=8)
+    parser.add_argument("--per-tile", type=int, default=8)
+    parser.add_argument(
+        "--ref-images",
+        type=int,
+        default=24,
+        help="Plan images the slow reference loop runs (tile order, so every "
+        "strength appears in the same mix as the whole plan).",
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    config = SpeciesConfig(
+        species="leafy spurge",
+        classes=[
+            {"name": "absent", "initializer": "grassland"},
+            {"name": "present", "initializer": "flowers"},
+        ],
+        positive_class="present",
+        context_prompts=["grassland", "snow", "mountain"],
+        plot_size_m=3.2,
+        tile_size_px=32,
+        quarters=True,
+        gsd_m=0.05,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        tiles = make_tiles(root / "tiles", args.tiles)
+        tokens = train_tokens(
+            tiles,
+            config,
+            root / "tok",
+            "tiny-random",
+            TokenSettings(steps=2, batch_size=2),
+            device=args.device,
+            progress=False,
+        ).tokens_dir
+
+        ours_model = load_model("tiny-random", device=args.device, sampler="dpm")
+        ref_model = load_model("tiny-random", device=args.device, sampler="pndm")
+        ours_count, ref_count = UnetCounter(ours_model.pipe.unet), UnetCounter(ref_model.pipe.unet)
+
+        start = time.perf_counter()
+        first = augment(
+            tiles,
+            config,
+            root / "syn",
+            model=ours_model,
+            per_tile=args.per_tile,
+            steps=25,
+            batch_size=args.batch_size,
+            tokens_dir=tokens,
+            progress=False,
+        )
+        ours_s = time.perf_counter() - start
+        n_images = first.generated
+
+        start = time.perf_counter()
+        again = augment(
+            tiles,
+            config,
+            root / "syn",
+            model="tiny-random",
+            per_tile=args.per_tile,
+            steps=25,
+            batch_size=args.batch_size,
+            tokens_dir=tokens,
+            progress=False,
+            device=args.device,
+        )
+        rerun_s = time.perf_counter() - start
+        assert again.generated == 0
+
+        # The reference loop: same plan items, one pipeline call each, PNDM 50 steps.
+        load_tokens(ref_model, tokens, config)
+        token_hashes = {c: "" for c in config.class_names}
+        plan = plan_images(
+            tiles,
+            labelled_train_tiles(tiles, config),
+            config,
+            GenerationSettings(per_tile=args.per_tile, steps=50, sampler="pndm"),
+            ref_model.model_hash,
+            token_hashes,
+        )
+        plan = plan[: args.ref_images]
+        start = time.perf_counter()
+        for item in plan:
+            reference_generate(ref_model, item)
+        ref_s = time.perf_counter() - start
+
+    ours_evals = ours_count.count / n_images
+    ref_evals = ref_count.count / len(plan)
+    ours_rate, ref_rate = n_images / ours_s, len(plan) / ref_s
+    print(
+        f"bench_augment: {args.tiles} tiles x {args.per_tile} images, tiny-random on "
+        f"{args.device}, batch {args.batch_size}; reference loop on {len(plan)} of them"
+    )
+    print(
+        f"(a) UNet evaluations per image: ours {ours_evals:.1f} / reference {ref_evals:.1f} "
+        f"= {ours_evals / ref_evals:.3f} (target <= 0.5)"
+    )
+    print(
+        f"(b) images/s: ours {ours_rate:.2f} / reference {ref_rate:.2f} "
+        f"= {ours_rate / ref_rate:.2f}x (target >= 1.8x on CPU, >= 4x on CUDA fp16)"
+    )
+    print(
+        f"(c) re-run of identical plan {rerun_s:.3f} s / first run {ours_s:.2f} s "
+        f"= {rerun_s / ours_s:.4f} (target <= 0.02)"
+    )
+
+
+if __name__ == "__main__":
+    main()
