@@ -423,3 +423,13 @@ def test_threshold_cell_count_matches_area(mapped, synth):
     assert native["area_m2"].sum() == pytest.approx((presence == 1).sum() * cell_area)
     assert math.isclose(native.unary_union.area, native.area.sum(), rel_tol=1e-9)
     assert box(*native.total_bounds).area > 0
+
+
+def test_no_presence_above_threshold_still_writes_every_output(synth, run_dir, tmp_path):
+    result = map_orthos([synth.orthos[0]], run_dir, tmp_path, threshold=0.999, progress=False)
+    assert result.maps[0].polygons == 0
+    name = synth.orthos[0].stem
+    data = json.loads((tmp_path / f"{name}.geojson").read_text())
+    assert {f["geometry"]["type"] for f in data["features"]} == {"Point"}
+    assert len(gpd.read_file(tmp_path / f"{name}.gpkg", layer="presence")) == 0
+    assert "none above the threshold" in (tmp_path / f"{name}.html").read_text()

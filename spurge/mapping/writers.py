@@ -292,16 +292,18 @@ def write_html(
         interactive=False,
         zindex=2,
     ).add_to(fmap)
-    poly_wgs = polygons.to_crs("EPSG:4326")
-    folium.GeoJson(
-        poly_wgs.__geo_interface__,
-        name="Presence polygons",
-        style_function=lambda _: {"color": "#0044ff", "weight": 2, "fillOpacity": 0.05},
-        popup=folium.GeoJsonPopup(
-            fields=["class", "area_m2", "mean_prob"],
-            aliases=["class", "area (m²)", "mean probability"],
-        ),
-    ).add_to(fmap)
+    if len(polygons):
+        folium.GeoJson(
+            polygons.to_crs("EPSG:4326").__geo_interface__,
+            name="Presence polygons",
+            style_function=lambda _: {"color": "#0044ff", "weight": 2, "fillOpacity": 0.05},
+            popup=folium.GeoJsonPopup(
+                fields=["class", "area_m2", "mean_prob"],
+                aliases=["class", "area (m²)", "mean probability"],
+            ),
+        ).add_to(fmap)
+    else:
+        folium.FeatureGroup(name="Presence polygons (none above the threshold)").add_to(fmap)
     group = folium.FeatureGroup(name="Survey next (most uncertain)")
     for row in points.to_crs("EPSG:4326").itertuples():
         folium.CircleMarker(
