@@ -79,13 +79,14 @@ def tiny_config(**overrides) -> SpeciesConfig:
     return SpeciesConfig(**values)
 
 
-def make_model(run_dir: Path, config: SpeciesConfig | None = None) -> Path:
+def make_model(run_dir: Path, config: SpeciesConfig | None = None, strength: float = 1.0) -> Path:
+    """Save the colour-rule model; ``strength=0`` makes one that always says 50/50."""
     config = config or tiny_config()
     model, spec = build_classifier("test-colour", 2)
     with torch.no_grad():
         # P(present) crosses 0.5 where 6 % of the window looks like spurge bracts.
-        model.head.weight.copy_(torch.tensor([[-40.0], [40.0]]))
-        model.head.bias.copy_(torch.tensor([2.4, -2.4]))
+        model.head.weight.copy_(torch.tensor([[-40.0], [40.0]]) * strength)
+        model.head.bias.copy_(torch.tensor([2.4, -2.4]) * strength)
     card = ModelCard(
         backbone="test-colour",
         class_names=config.class_names,
@@ -425,9 +426,12 @@ def test_threshold_cell_count_matches_area(mapped, synth):
     assert box(*native.total_bounds).area > 0
 
 
-def test_no_presence_above_threshold_still_writes_every_output(synth, run_dir, tmp_path):
-    result = map_orthos([synth.orthos[0]], run_dir, tmp_path, threshold=0.999, progress=False)
+def test_no_presence_above_threshold_still_writes_every_output(synth, tmp_path):
+    undecided = make_model(tmp_path / "run", strength=0.0)
+    out = tmp_path / "out"
+    result = map_orthos([synth.orthos[0]], undecided, out, threshold=0.6, progress=False)
     assert result.maps[0].polygons == 0
+    tmp_path = out
     name = synth.orthos[0].stem
     data = json.loads((tmp_path / f"{name}.geojson").read_text())
     assert {f["geometry"]["type"] for f in data["features"]} == {"Point"}
