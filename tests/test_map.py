@@ -254,7 +254,7 @@ def test_resume_after_interruption_gives_identical_bytes(
     _, reference = mapped
     out = tmp_path / "maps"
     calls = {"n": 0}
-    real = map_run.predict_block
+    real = map_run.classify_block
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -262,7 +262,7 @@ def test_resume_after_interruption_gives_identical_bytes(
             raise KeyboardInterrupt  # a user pressing Ctrl-C mid-run
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(map_run, "predict_block", flaky)
+    monkeypatch.setattr(map_run, "classify_block", flaky)
     with pytest.raises(KeyboardInterrupt):
         map_orthos([synth.orthos[0]], run_dir, out, block_windows=8, progress=False)
     name = synth.orthos[0].stem
@@ -270,7 +270,7 @@ def test_resume_after_interruption_gives_identical_bytes(
     assert len(list(checkpoint.glob("block_*.npz"))) == 2
     assert not [p for p in out.iterdir() if p.is_file()], "nothing final after an interruption"
 
-    monkeypatch.setattr(map_run, "predict_block", real)
+    monkeypatch.setattr(map_run, "classify_block", real)
     resumed = map_orthos([synth.orthos[0]], run_dir, out, block_windows=8, progress=False)
     assert resumed.maps[0].resumed_blocks == 2
     assert not checkpoint.exists()
@@ -437,3 +437,45 @@ def test_no_presence_above_threshold_still_writes_every_output(synth, tmp_path):
     assert {f["geometry"]["type"] for f in data["features"]} == {"Point"}
     assert len(gpd.read_file(tmp_path / f"{name}.gpkg", layer="presence")) == 0
     assert "none above the threshold" in (tmp_path / f"{name}.html").read_text()
+
+
+def test_block_region_crops_equal_direct_window_reads(synth, run_dir, tmp_path):
+    """The fast path (one read per block, windows cropped) gives the direct reads' numbers."""
+    import dataclasses
+
+    from spurge.classifier import load_card
+    from spurge.mapping.grid import MapGrid, plan_blocks
+    from spurge.mapping.predict import BlockSettings, predict_block
+
+    # Nodata in part of the ortho so masks take part too.
+    with rasterio.open(synth.orthos[0]) as src:
+        profile, data = src.profile, src.read()
+        grid = MapGrid(src.width, src.height, TILE_PX, TILE_PX, 12, 12, tuple(src.transform)[:6])
+    data[:, 100:150, 40:300] = 0
+    profile.update(nodata=0)
+    ortho = tmp_path / "holes.tif"
+    with rasterio.open(ortho, "w", **profile) as dst:
+        dst.write(data)
+    card = load_card(run_dir)
+    settings = BlockSettings(
+        ortho=str(ortho),
+        run_dir=str(run_dir),
+        weights_sha256=card.weights_sha256,
+        scaling={"bands": [1, 2, 3], "low": [0, 0, 0], "high": [255] * 3, "dtype": "uint8"},
+        alpha_band=None,
+        tile_size_px=TILE_PX,
+        batch_size=7,
+        blend="gaussian",
+        max_nodata_fraction=0.25,
+    )
+    direct = dataclasses.replace(settings, crop_from_region=False)
+    for block in plan_blocks(grid, 9):
+        fast, slow = predict_block(grid, block, settings), predict_block(grid, block, direct)
+        assert (fast.row0, fast.col0, fast.windows, fast.skipped) == (
+            slow.row0,
+            slow.col0,
+            slow.windows,
+            slow.skipped,
+        )
+        np.testing.assert_array_equal(fast.sums, slow.sums)
+        np.testing.assert_array_equal(fast.weights, slow.weights)

@@ -52,6 +52,8 @@ class BlockSettings:
     batch_size: int
     blend: str
     max_nodata_fraction: float
+    #: Read each block's region once and crop windows from it when no resampling is needed.
+    crop_from_region: bool = True
 
 
 @dataclass
@@ -82,13 +84,19 @@ class BlockResult:
             return cls(index, row0, col0, data["sums"], data["weights"], windows, skipped)
 
 
-def predict_block(grid: MapGrid, block: Block, settings: BlockSettings) -> BlockResult:
-    """Classify every window of ``block`` and blend the probabilities into its cells."""
-    model, card = cached_model(settings.run_dir, settings.weights_sha256)
+@dataclass
+class BlockPixels:
+    """The windows of one block that are worth classifying, as uint8 RGB, with their masks."""
+
+    block: Block
+    images: list[np.ndarray]
+    kept: list[tuple[int, int, np.ndarray]]  # (row_off, col_off, valid mask) per image
+    skipped: int
+
+
+def read_block(grid: MapGrid, block: Block, settings: BlockSettings) -> BlockPixels:
+    """Read (and 8-bit scale) every window of ``block``, dropping mostly-nodata windows."""
     scaling = BandScaling.from_dict(settings.scaling)
-    r0, r1, c0, c1 = block_cell_extent(grid, block)
-    sums = np.zeros((len(card.class_names), r1 - r0, c1 - c0))
-    weights = np.zeros((r1 - r0, c1 - c0))
     out_size = (settings.tile_size_px, settings.tile_size_px)
     row_starts, col_starts = grid.row_starts, grid.col_starts
     offsets = [
@@ -96,36 +104,68 @@ def predict_block(grid: MapGrid, block: Block, settings: BlockSettings) -> Block
         for i in range(*block.win_rows)
         for j in range(*block.win_cols)
     ]
-    used = skipped = 0
+    pixels = BlockPixels(block, [], [], 0)
+    # At the model's GSD a window is a plain crop of the ortho (no resampling), and the pixel
+    # path (band selection, scaling, masks) is per-pixel: read the block's region once and
+    # crop windows from it instead of decoding every overlapping pixel up to four times.
+    # Crops give exactly the bytes a direct window read gives.
+    native = settings.crop_from_region and (grid.window_h, grid.window_w) == out_size
     with open_ortho(settings.ortho) as src:
-        for first in range(0, len(offsets), settings.batch_size):
-            images, kept = [], []
-            for y, x in offsets[first : first + settings.batch_size]:
+        region = None
+        if native:
+            y0, x0 = offsets[0]
+            y1, x1 = offsets[-1]
+            region_window = Window(x0, y0, x1 + grid.window_w - x0, y1 + grid.window_h - y0)
+            region = read_window_rgb8(src, region_window, scaling, settings.alpha_band)
+        for y, x in offsets:
+            if region is not None:
+                crop = (
+                    slice(y - y0, y - y0 + grid.window_h),
+                    slice(x - x0, x - x0 + grid.window_w),
+                )
+                rgb, valid = region[0][crop], region[1][crop]
+            else:
                 window = Window(x, y, grid.window_w, grid.window_h)
                 rgb, valid = read_window_rgb8(src, window, scaling, settings.alpha_band, out_size)
-                # Windows that are mostly nodata would be classified from padding: skip them,
-                # and cells that only they cover stay nodata.
-                if 1.0 - valid.mean() > settings.max_nodata_fraction:
-                    skipped += 1
-                    continue
-                images.append(rgb)
-                kept.append((y, x, valid))
-            if not images:
+            # Windows that are mostly nodata would be classified from padding: skip them, and
+            # cells that only they cover stay nodata.
+            if 1.0 - valid.mean() > settings.max_nodata_fraction:
+                pixels.skipped += 1
                 continue
-            probs = predict_proba(model, card, np.stack(images)).astype(np.float64)
-            for (y, x, valid), prob in zip(kept, probs, strict=True):
-                rows = covered_cells(y, grid.window_h, grid.stride_y)
-                cols = covered_cells(x, grid.window_w, grid.stride_x)
-                rows = (rows[0], min(rows[1], grid.rows))
-                cols = (cols[0], min(cols[1], grid.cols))
-                weight = np.outer(
-                    cell_weights(y, grid.window_h, grid.stride_y, *rows, settings.blend),
-                    cell_weights(x, grid.window_w, grid.stride_x, *cols, settings.blend),
-                )
-                if not valid.all():
-                    weight *= cell_valid_fraction(valid, y, x, grid, rows, cols) > 0
-                sl = (slice(rows[0] - r0, rows[1] - r0), slice(cols[0] - c0, cols[1] - c0))
-                sums[(slice(None), *sl)] += prob[:, None, None] * weight
-                weights[sl] += weight
-                used += 1
-    return BlockResult(block.index, r0, c0, sums, weights, used, skipped)
+            pixels.images.append(rgb)
+            pixels.kept.append((y, x, valid))
+    return pixels
+
+
+def classify_block(grid: MapGrid, pixels: BlockPixels, settings: BlockSettings) -> BlockResult:
+    """Classify a block's windows in batches and blend the probabilities into its cells."""
+    model, card = cached_model(settings.run_dir, settings.weights_sha256)
+    r0, r1, c0, c1 = block_cell_extent(grid, pixels.block)
+    sums = np.zeros((len(card.class_names), r1 - r0, c1 - c0))
+    weights = np.zeros((r1 - r0, c1 - c0))
+    for first in range(0, len(pixels.images), settings.batch_size):
+        batch = np.stack(pixels.images[first : first + settings.batch_size])
+        probs = predict_proba(model, card, batch).astype(np.float64)
+        kept = pixels.kept[first : first + settings.batch_size]
+        for (y, x, valid), prob in zip(kept, probs, strict=True):
+            rows = covered_cells(y, grid.window_h, grid.stride_y)
+            cols = covered_cells(x, grid.window_w, grid.stride_x)
+            rows = (rows[0], min(rows[1], grid.rows))
+            cols = (cols[0], min(cols[1], grid.cols))
+            weight = np.outer(
+                cell_weights(y, grid.window_h, grid.stride_y, *rows, settings.blend),
+                cell_weights(x, grid.window_w, grid.stride_x, *cols, settings.blend),
+            )
+            if not valid.all():
+                weight *= cell_valid_fraction(valid, y, x, grid, rows, cols) > 0
+            sl = (slice(rows[0] - r0, rows[1] - r0), slice(cols[0] - c0, cols[1] - c0))
+            sums[(slice(None), *sl)] += prob[:, None, None] * weight
+            weights[sl] += weight
+    return BlockResult(
+        pixels.block.index, r0, c0, sums, weights, len(pixels.images), pixels.skipped
+    )
+
+
+def predict_block(grid: MapGrid, block: Block, settings: BlockSettings) -> BlockResult:
+    """Read, classify and blend one block: the unit of work sent to Dask workers."""
+    return classify_block(grid, read_block(grid, block, settings), settings)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,13 @@ from spurge.io.atomic import (
 )
 from spurge.io.raster import check_bands, compute_scaling, open_ortho, pixel_size_m
 from spurge.mapping.grid import MapGrid, plan_blocks
-from spurge.mapping.predict import BlockResult, BlockSettings, predict_block
+from spurge.mapping.predict import (
+    BlockResult,
+    BlockSettings,
+    classify_block,
+    predict_block,
+    read_block,
+)
 from spurge.mapping.writers import (
     NODATA,
     probability_palette,
@@ -70,6 +78,9 @@ class OrthoMap:
     polygons: int = 0
     presence_area_m2: float = 0.0
     up_to_date: bool = False
+    #: Wall time spent on windows (read, classify, blend) and on the whole ortho.
+    seconds_windows: float = 0.0
+    seconds_total: float = 0.0
 
 
 @dataclass
@@ -311,6 +322,7 @@ def _map_one(
     client: Any,
     progress: bool | None,
 ) -> OrthoMap:
+    start_total = time.perf_counter()
     grid, scaling, crs = _plan(ortho, card, settings["stride"], gsd_policy, gsd_tolerance)
     name = ortho.stem
     paths = output_paths(out, name)
@@ -345,6 +357,7 @@ def _map_one(
         blend=settings["blend"],
         max_nodata_fraction=card.species_config().max_nodata_fraction,
     )
+    started = time.perf_counter()
     _run_blocks(
         todo,
         grid,
@@ -356,6 +369,7 @@ def _map_one(
         desc=f"map {name}",
     )
 
+    result.seconds_windows = time.perf_counter() - started
     # Merge in block order: float sums come out bit-identical whoever computed the blocks.
     sums = np.zeros((len(card.class_names), grid.rows, grid.cols))
     weights = np.zeros((grid.rows, grid.cols))
@@ -368,6 +382,7 @@ def _map_one(
         result.skipped += part.skipped
     _write_outputs(result, card, sums, weights, crs, settings, fingerprint)
     shutil.rmtree(checkpoint, ignore_errors=True)
+    result.seconds_total = time.perf_counter() - start_total
     return result
 
 
@@ -398,9 +413,16 @@ def _run_blocks(
     )
     try:
         if client is None:
-            for block in todo:
-                save(predict_block(grid, block, settings))
-                bar.update(block.n_windows)
+            # Read the next block in a thread while the model classifies this one: GDAL
+            # decoding and torch both release the GIL, so reading hides behind the forward.
+            with ThreadPoolExecutor(max_workers=1) as reader:
+                ahead = reader.submit(read_block, grid, todo[0], settings) if todo else None
+                for i, block in enumerate(todo):
+                    pixels = ahead.result()
+                    if i + 1 < len(todo):
+                        ahead = reader.submit(read_block, grid, todo[i + 1], settings)
+                    save(classify_block(grid, pixels, settings))
+                    bar.update(block.n_windows)
             return
         from dask.distributed import as_completed
 
