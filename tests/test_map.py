@@ -479,3 +479,20 @@ def test_block_region_crops_equal_direct_window_reads(synth, run_dir, tmp_path):
         )
         np.testing.assert_array_equal(fast.sums, slow.sums)
         np.testing.assert_array_equal(fast.weights, slow.weights)
+
+
+def test_cli_help_lists_the_map_options():
+    res = CliRunner().invoke(cli, ["map", "--help"])
+    assert res.exit_code == 0
+    for option in [
+        "--model",
+        "--out",
+        "--stride",
+        "--threshold",
+        "--workers",
+        "--scheduler",
+        "--blend",
+        "--gsd",
+        "--survey-points",
+    ]:
+        assert option in res.output
