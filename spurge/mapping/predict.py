@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
 from rasterio.windows import Window
 
 from spurge.classifier import ModelCard, TileClassifier, load_model, predict_proba
@@ -25,6 +26,11 @@ from spurge.mapping.grid import (
     cell_weights,
     covered_cells,
 )
+
+#: GDAL block cache (MB) while mapping. GDAL's default (5 % of RAM) would let the cache of
+#: decoded ortho blocks grow with the orthomosaic; each block region is read once, so a
+#: small cache costs nothing and keeps peak memory independent of the ortho's size.
+GDAL_CACHE_MB = 64
 
 _MODEL_LOCK = threading.Lock()
 _MODELS: dict[tuple[str, str], tuple[TileClassifier, ModelCard]] = {}
@@ -110,7 +116,7 @@ def read_block(grid: MapGrid, block: Block, settings: BlockSettings) -> BlockPix
     # crop windows from it instead of decoding every overlapping pixel up to four times.
     # Crops give exactly the bytes a direct window read gives.
     native = settings.crop_from_region and (grid.window_h, grid.window_w) == out_size
-    with open_ortho(settings.ortho) as src:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_ortho(settings.ortho) as src:
         region = None
         if native:
             y0, x0 = offsets[0]
