@@ -496,3 +496,21 @@ def test_cli_help_lists_the_map_options():
         "--survey-points",
     ]:
         assert option in res.output
+
+
+def test_bad_second_ortho_stops_before_anything_is_written(synth, run_dir, tmp_path):
+    ortho = tmp_path / "nocrs.tif"
+    with rasterio.open(
+        ortho,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=3,
+        dtype="uint8",
+        transform=from_origin(0, 64, 1, 1),
+    ) as dst:
+        dst.write(np.zeros((3, 64, 64), dtype=np.uint8))
+    with pytest.raises(RasterError, match="CRS"):
+        map_orthos([synth.orthos[0], ortho], run_dir, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

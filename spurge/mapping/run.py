@@ -184,8 +184,13 @@ def map_orthos(
             f"several orthomosaics share the name {duplicates[0]!r}; outputs "
             "would collide, map them into different --out folders"
         )
+    if batch_size < 1 or block_windows < 1 or survey_points < 0:
+        raise SpurgeError("batch_size and block_windows must be >= 1, survey_points >= 0")
     run_dir = Path(run_dir)
-    _, card = load_model(run_dir)  # validates the model before anything is written
+    # Check the model and every orthomosaic before anything is written, so a bad second
+    # ortho does not stop the run after the first was mapped.
+    _, card = load_model(run_dir)
+    plans = [_plan(Path(o), card, stride, gsd_policy, gsd_tolerance) for o in orthos]
     out = ensure_writable_dir(out_dir)
     remove_stale_temporaries(out)
     settings = dict(
@@ -203,19 +208,9 @@ def map_orthos(
             f"Dask: {scheduler}" if scheduler else f"Dask LocalCluster, {workers} workers"
         )
     try:
-        for ortho in orthos:
+        for ortho, plan in zip(orthos, plans, strict=True):
             result.maps.append(
-                _map_one(
-                    Path(ortho),
-                    run_dir,
-                    card,
-                    out,
-                    settings,
-                    gsd_policy,
-                    gsd_tolerance,
-                    client,
-                    progress,
-                )
+                _map_one(Path(ortho), plan, run_dir, card, out, settings, client, progress)
             )
     finally:
         if client is not None:
@@ -313,17 +308,16 @@ def _fingerprint(
 
 def _map_one(
     ortho: Path,
+    plan: tuple[MapGrid, dict[str, Any], Any],
     run_dir: Path,
     card: ModelCard,
     out: Path,
     settings: dict[str, Any],
-    gsd_policy: str,
-    gsd_tolerance: float,
     client: Any,
     progress: bool | None,
 ) -> OrthoMap:
     start_total = time.perf_counter()
-    grid, scaling, crs = _plan(ortho, card, settings["stride"], gsd_policy, gsd_tolerance)
+    grid, scaling, crs = plan
     name = ortho.stem
     paths = output_paths(out, name)
     result = OrthoMap(ortho=ortho, outputs=paths, grid=grid)
