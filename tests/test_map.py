@@ -514,3 +514,22 @@ def test_bad_second_ortho_stops_before_anything_is_written(synth, run_dir, tmp_p
     with pytest.raises(RasterError, match="CRS"):
         map_orthos([synth.orthos[0], ortho], run_dir, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_existing_scheduler_gives_same_bytes(synth, run_dir, mapped, tmp_path):
+    from dask.distributed import LocalCluster
+
+    _, reference = mapped
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
+        result = map_orthos(
+            [synth.orthos[0]],
+            run_dir,
+            tmp_path,
+            block_windows=8,
+            scheduler=cluster.scheduler_address,
+            progress=False,
+        )
+    assert "Dask: tcp://" in result.summary() or "Dask: inproc://" in result.summary()
+    assert _files(tmp_path) == _files(reference)
