@@ -502,13 +502,13 @@ def evaluate(
 
 
 @cli.command(name="map")
-@click.argument("orthos", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("orthos", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--model",
     "run_dir",
     type=click.Path(path_type=Path),
     required=True,
-    help="Run folder from `spurge train`.",
+    help="Run folder from `spurge train` (model.safetensors + model.json).",
 )
 @click.option(
     "--out",
@@ -518,9 +518,107 @@ def evaluate(
     show_default=True,
     help="Output folder.",
 )
-def map_(orthos: tuple[Path, ...], run_dir: Path, out_dir: Path) -> None:
-    """Predict presence over whole orthomosaics: COG, GeoJSON, GeoPackage, HTML, QGIS style."""
-    _not_implemented("map", "issue 7")
+@click.option(
+    "--stride",
+    type=click.IntRange(1),
+    default=None,
+    help="Window step in ortho pixels; one output cell = one stride [default: half a window].",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.5,
+    show_default=True,
+    help="Blended probability at or above which a cell is mapped as presence.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=None,
+    help="Map blocks of windows on a local Dask cluster of N worker processes.",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    help="Address of an existing Dask scheduler (tcp://host:8786); workers read the "
+    "orthomosaic and the model themselves, so both paths must exist there.",
+)
+@click.option(
+    "--blend",
+    type=click.Choice(["mean", "gaussian"]),
+    default="mean",
+    show_default=True,
+    help="How overlapping windows combine: plain mean, or centre-weighted Gaussian.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Windows per model forward pass (bounds memory).",
+)
+@click.option(
+    "--survey-points",
+    type=click.IntRange(0),
+    default=10,
+    show_default=True,
+    help="Number of most-uncertain 'survey next' points to write.",
+)
+@click.option(
+    "--gsd",
+    "gsd_policy",
+    type=click.Choice(["warn", "resample", "refuse"]),
+    default="warn",
+    show_default=True,
+    help="When the ortho's pixel size is over 1.5x off the model's training GSD: "
+    "resample windows with a warning, resample silently, or refuse.",
+)
+def map_(
+    orthos: tuple[Path, ...],
+    run_dir: Path,
+    out_dir: Path,
+    stride: int | None,
+    threshold: float,
+    workers: int | None,
+    scheduler: str | None,
+    blend: str,
+    batch_size: int,
+    survey_points: int,
+    gsd_policy: str,
+) -> None:
+    """Predict presence over whole orthomosaics: COG, GeoJSON, GeoPackage, HTML, QGIS style.
+
+    Slides the model's tile window over each ORTHO (same band selection and 8-bit scaling
+    as `spurge tile`), blends overlapping windows into a grid of one cell per stride aligned
+    with the ortho's pixels, and writes into --out, for ORTHO site.tif: site_prob.tif
+    (Cloud-Optimized GeoTIFF, 0-100 %, 255 = nodata), site_presence.tif (class index),
+    site_uncertainty.tif (entropy), site.geojson (WGS84) and site.gpkg (native CRS) with
+    presence polygons and 'survey next' points, site.qml (QGIS style) and site.html
+    (self-contained offline map). Interrupted runs resume from finished blocks.
+    """
+    import warnings
+
+    from spurge.mapping import GsdWarning, map_orthos
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GsdWarning)
+        result = map_orthos(
+            orthos,
+            run_dir,
+            out_dir,
+            stride=stride,
+            threshold=threshold,
+            workers=workers,
+            scheduler=scheduler,
+            blend=blend,
+            batch_size=batch_size,
+            survey_points=survey_points,
+            gsd_policy=gsd_policy,
+        )
+    for warning in caught:
+        if issubclass(warning.category, GsdWarning):
+            click.echo(f"warning: {warning.message}", err=True)
+    click.echo(result.summary())
 
 
 # --------------------------------------------------------------------------------------------
