@@ -52,8 +52,8 @@ class SpurgeColour(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r, g, b = x[:, 0], x[:, 1], x[:, 2]
         ratio = (g - b) / (g + 1e-3)
-        score = torch.sigmoid(40 * (ratio - 0.52))
-        score = score * torch.sigmoid(40 * (g - 0.45)) * torch.sigmoid(40 * (g - r))
+        score = torch.sigmoid(40 * (ratio - 0.5))
+        score = score * torch.sigmoid(40 * (g - 0.56)) * torch.sigmoid(40 * (g - r))
         return score.mean(dim=(1, 2))[:, None]
 
 
