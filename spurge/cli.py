@@ -283,18 +283,60 @@ def train(
 
 @cli.command()
 @click.argument("tiles_dir", type=click.Path(path_type=Path))
-@click.option("--synthetic-root", type=click.Path(path_type=Path),
-              help="Folder holding one synthetic store per method.")
-@click.option("--methods", default="none,randaugment,real-guidance,da-fusion", show_default=True,
-              help="Comma-separated methods to compare.")
+@click.option(
+    "--synthetic-root",
+    type=click.Path(path_type=Path),
+    help="Folder holding one synthetic store per method: DIR/<method>/synthetic.parquet.",
+)
+@click.option(
+    "--methods",
+    default="none,randaugment,real-guidance,da-fusion",
+    show_default=True,
+    help="Comma-separated methods to compare (none and randaugment need no store).",
+)
 @click.option("--shots", default="1,2,4,8,16", show_default=True, help="Comma-separated shots.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Output folder for results.csv, the plot and the summary.")
-def evaluate(tiles_dir: Path, synthetic_root: Path | None, methods: str, shots: str, seeds: str,
-             out_dir: Path) -> None:
-    """Compare augmentation methods across shots and seeds on held-out sites."""
-    _not_implemented("evaluate", "issue 6")
+@_training_options
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output folder for runs/, results.csv, the plot and summary.md.",
+)
+def evaluate(
+    tiles_dir: Path,
+    synthetic_root: Path | None,
+    methods: str,
+    shots: str,
+    seeds: str,
+    out_dir: Path,
+    config_path: str,
+    **options: Any,
+) -> None:
+    """Compare augmentation methods across shots and seeds on held-out sites.
+
+    Trains one classifier per method x shots x seed (finished runs are skipped, so re-running
+    resumes), then writes results.csv, accuracy_vs_shots.png (mean and 95 % CI over seeds,
+    like the DA-Fusion figures) and summary.md.
+    """
+    from spurge.config import load_config
+    from spurge.evaluate import evaluate as evaluate_methods
+    from spurge.evaluate import parse_list
+
+    config = load_config(config_path)
+    options["num_workers"] = options.pop("workers")
+    result = evaluate_methods(
+        tiles_dir,
+        config,
+        out_dir,
+        synthetic_root=synthetic_root,
+        methods=parse_list(methods, str, "methods"),
+        shots=parse_list(shots, int, "shots"),
+        seeds=parse_list(seeds, int, "seeds"),
+        **options,
+    )
+    click.echo(result.summary())
 
 
 # --------------------------------------------------------------------------------------------
