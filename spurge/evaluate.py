@@ -139,7 +139,9 @@ def evaluate(
     rows = []
     trained = skipped = 0
     combos = [(m, k, s) for m in methods for k in shots for s in seeds]
-    for method, k, seed in tqdm(combos, desc="evaluate", unit="run", disable=not progress):
+    for method, k, seed in tqdm(
+        combos, desc="evaluate", unit="run", disable=None if progress else True
+    ):
         run_dir = out_dir / "runs" / method / f"shots_{k}" / f"seed_{seed}"
         if (run_dir / METRICS).is_file():
             skipped += 1

@@ -527,7 +527,14 @@ def train(
     curve: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     running = []
-    bar = tqdm(loader, total=steps, desc="train", unit="step", leave=False, disable=not progress)
+    bar = tqdm(
+        loader,
+        total=steps,
+        desc="train",
+        unit="step",
+        leave=False,
+        disable=None if progress else True,
+    )
     for step, (images, targets) in enumerate(bar, start=1):
         model.train(not frozen)  # frozen: keep BatchNorm statistics as pretrained
         x = normalise(images.to(dev), spec.mean, spec.std)
