@@ -157,8 +157,8 @@ def main() -> None:
     present = sum(label == config.positive_class for label in synth.labels)
     print(
         f"data: {args.sites} sites of {args.size_px} px, {len(synth.labels)} plots "
-        f"({present} {config.positive_class}), 4 quarter tiles each, test = {names[-1]}, "
-        f"val = {names[-2]}; tiles in {tiles_dir} ({time.perf_counter() - start:.1f} s)"
+        f"({present} {config.positive_class}), 4 quarter tiles each, test = {names[-n_test:]}, "
+        f"val = {names[-n_test - 1]}; tiles in {tiles_dir} ({time.perf_counter() - start:.1f} s)"
     )
 
     pipe, pre = throughput(tiles_dir, args.backbone, args.bench_steps, args.batch_size)
