@@ -31,6 +31,7 @@ from spurge.classifier import (
     ModelCard,
     TileClassifier,
     build_classifier,
+    load_card,
     save_model,
 )
 from spurge.config import SpeciesConfig
@@ -626,8 +627,6 @@ def train(
     )
     # metrics.json last: its presence marks a finished run (``spurge evaluate`` resumes on it).
     write_text_atomic(run_dir / METRICS, json.dumps(_jsonable(metrics), indent=2))
-    from spurge.classifier import load_card
-
     return TrainResult(run_dir, load_card(run_dir), metrics, len(few), n_synthetic, notes)
 
 
