@@ -21,6 +21,7 @@ import pandas as pd
 from scipy import stats
 from tqdm import tqdm
 
+from spurge.classifier import load_card
 from spurge.config import SpeciesConfig
 from spurge.errors import ManifestError, SpurgeError
 from spurge.io.atomic import atomic_path, ensure_writable_dir, write_text_atomic
@@ -144,6 +145,7 @@ def evaluate(
     ):
         run_dir = out_dir / "runs" / method / f"shots_{k}" / f"seed_{seed}"
         if (run_dir / METRICS).is_file():
+            load_card(run_dir)  # a finished run must still hold a valid model.json
             skipped += 1
         else:
             with warnings.catch_warnings():

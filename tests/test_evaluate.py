@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from train_support import make_synthetic_store, make_tiles, tiny_config
 
 from spurge.cli import cli
-from spurge.errors import ManifestError, SpurgeError
+from spurge.errors import ManifestError, ModelError, SpurgeError
 from spurge.evaluate import evaluate, mean_ci95, parse_list
 
 FAST = {"backbone": "random-small", "steps": 6, "batch_size": 8, "eval_every": 3}
@@ -84,6 +84,19 @@ def test_every_combination_then_resume(tiles_dir, tmp_path):
         **FAST,
     )
     assert third.trained == 1
+    # A finished run whose model.json was damaged is reported, not silently reused.
+    (out / "runs/none/shots_1/seed_1/model.json").write_text("{")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        evaluate(
+            tiles_dir,
+            tiny_config(),
+            out,
+            methods=["none"],
+            shots=[1],
+            seeds=[1],
+            progress=False,
+            **FAST,
+        )
     # Other settings into the same folder are refused rather than mixed.
     with pytest.raises(SpurgeError, match="other train_options"):
         evaluate(
