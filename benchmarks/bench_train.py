@@ -113,7 +113,7 @@ def throughput(tiles_dir: Path, backbone: str, steps: int, batch: int) -> tuple[
         dataset, replacement=True, num_samples=(steps + 1) * batch
     )
     loader = iter(torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler))
-    images, targets = next(loader)  # warm-up; PNG decodes are cached as training goes
+    images, targets, _ = next(loader)  # warm-up; PNG decodes are cached as training goes
     step(normalise(images, spec.mean, spec.std), targets)
     fixed_x, fixed_y = normalise(images, spec.mean, spec.std), targets
     # The two arms alternate step by step, so load from other processes on a shared machine
@@ -121,7 +121,7 @@ def throughput(tiles_dir: Path, backbone: str, steps: int, batch: int) -> tuple[
     pipeline_s = preloaded_s = 0.0
     for _ in range(steps):
         start = time.perf_counter()
-        images, targets = next(loader)
+        images, targets, _ = next(loader)
         step(normalise(images, spec.mean, spec.std), targets)
         pipeline_s += time.perf_counter() - start
         start = time.perf_counter()

@@ -175,24 +175,30 @@ def read_tile_png(path: str | Path) -> np.ndarray:
 
 
 class ImageCache:
-    """Decoded uint8 tiles kept in memory: few-shot sets are small and re-read every step."""
+    """Decoded tiles at the network's input size, kept in memory: few-shot sets are small and
+    every tile is drawn many times, so each PNG is decoded and resized once."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int) -> None:
+        self.size = size
         self._images: dict[str, torch.Tensor] = {}
 
     def get(self, path: str) -> torch.Tensor:
         image = self._images.get(path)
         if image is None:
-            image = torch.from_numpy(read_tile_png(path)).permute(2, 0, 1).contiguous()
+            decoded = torch.from_numpy(read_tile_png(path)).permute(2, 0, 1).contiguous()
+            image = resize_uint8(decoded, self.size)
             self._images[path] = image
         return image
 
 
 class FewShotDataset(torch.utils.data.Dataset):
-    """Few-shot tiles with DA-Fusion mixing; returns (uint8 (3, S, S) at input size, target).
+    """Few-shot tiles with DA-Fusion mixing.
 
-    Randomness (synthetic draw, flips, RandAugment) uses torch's global generator, which
-    ``train`` seeds and DataLoader workers derive from, so runs repeat exactly by seed.
+    Items are (uint8 (3, S, S) at input size, target, key). ``key`` names the exact image
+    (source image x one of the eight flips/rotations) so a frozen backbone's features can be
+    cached; it is -1 when RandAugment makes every draw unique. Randomness (synthetic draw,
+    flips, RandAugment) uses torch's global generator, which ``train`` seeds and DataLoader
+    workers derive from, so runs repeat exactly by seed.
     """
 
     def __init__(
@@ -211,7 +217,9 @@ class FewShotDataset(torch.utils.data.Dataset):
         self.synthetic_prob = synthetic_prob
         self.input_size = input_size
         self.augment = augment
-        self.cache = ImageCache()
+        self.cache = ImageCache(input_size)
+        all_paths = self.paths + [v for s in self.synthetic for v in s]
+        self._ids = {path: k for k, path in enumerate(dict.fromkeys(all_paths))}
         self.randaugment = None
         if randaugment:
             from torchvision.transforms import v2
@@ -221,20 +229,51 @@ class FewShotDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         path = self.paths[index]
         variants = self.synthetic[index]
         if variants and torch.rand(()) < self.synthetic_prob:
             path = variants[int(torch.randint(len(variants), ()))]
-        image = resize_uint8(self.cache.get(path), self.input_size)
+        image = self.cache.get(path)
+        flip = rotation = 0
         if self.augment:
             # Nadir drone tiles have no "up": all eight flips/rotations are equally real.
-            if torch.rand(()) < 0.5:
-                image = image.flip(-1)
-            image = torch.rot90(image, int(torch.randint(4, ())), dims=(-2, -1))
+            flip = int(torch.rand(()) < 0.5)
+            rotation = int(torch.randint(4, ()))
+            image = torch.rot90(image.flip(-1) if flip else image, rotation, dims=(-2, -1))
+        key = self._ids[path] * 8 + flip * 4 + rotation
         if self.randaugment is not None:
             image = self.randaugment(image)
-        return image.contiguous(), self.targets[index]
+            key = -1
+        return image.contiguous(), self.targets[index], key
+
+
+class FeatureCache:
+    """Frozen-backbone features by dataset key: a linear probe then costs one backbone pass
+    per distinct (image, flip, rotation) instead of one per draw."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        self.backbone = backbone
+        self._features: dict[int, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, keys: Sequence[int]) -> torch.Tensor:
+        keys = [int(k) for k in keys]
+        fresh: dict[int, int] = {}  # key (or -row for uncacheable draws) -> first batch row
+        for row, key in enumerate(keys):
+            if key < 0:
+                fresh[-row - 1] = row
+            elif key not in self._features:
+                fresh.setdefault(key, row)
+        if fresh:
+            out = self.backbone(x[list(fresh.values())])
+            computed = dict(zip(fresh, out, strict=True))
+            self._features.update({k: v for k, v in computed.items() if k >= 0})
+        else:
+            computed = {}
+        return torch.stack(
+            [computed[-row - 1] if key < 0 else self._features[key] for row, key in enumerate(keys)]
+        )
 
 
 def resize_uint8(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -536,15 +575,11 @@ def train(
         leave=False,
         disable=None if progress else True,
     )
-    for step, (images, targets) in enumerate(bar, start=1):
+    features_of = FeatureCache(model.backbone) if frozen else None
+    for step, (images, targets, keys) in enumerate(bar, start=1):
         model.train(not frozen)  # frozen: keep BatchNorm statistics as pretrained
         x = normalise(images.to(dev), spec.mean, spec.std)
-        if frozen:
-            with torch.no_grad():
-                features = model.backbone(x)
-            logits = model.head(features)
-        else:
-            logits = model(x)
+        logits = model(x) if features_of is None else model.head(features_of(x, keys.tolist()))
         loss = loss_fn(logits, targets.to(dev))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

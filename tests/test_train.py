@@ -16,6 +16,7 @@ from spurge.classifier import BACKBONES, BackboneSpec, load_model, predict_proba
 from spurge.cli import cli
 from spurge.errors import ManifestError
 from spurge.train import (
+    FeatureCache,
     TrainingWarning,
     classification_metrics,
     load_labelled_tiles,
@@ -255,3 +256,20 @@ def test_cli_train_and_one_line_errors(tiles_dir, tmp_path):
         ],
     )
     assert missing.exit_code == 1 and "no tile manifest" in missing.output
+
+
+def test_feature_cache_matches_the_backbone_and_skips_known_keys():
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        direct = backbone(x)
+    calls = []
+    backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    cache = FeatureCache(backbone)
+    first = cache(x, [3, 5, 3, -1])  # key 3 twice: computed once; -1 never cached
+    assert calls == [3]
+    torch.testing.assert_close(first, direct[[0, 1, 0, 3]])
+    again = cache(x[[1, 0]], [5, 3])
+    assert calls == [3]  # nothing new to compute
+    torch.testing.assert_close(again, direct[[1, 0]])
