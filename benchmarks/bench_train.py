@@ -89,7 +89,7 @@ def throughput(tiles_dir: Path, backbone: str, steps: int, batch: int) -> tuple[
 
     from spurge.io.manifest import read_tile_manifest, tile_image_path
 
-    tiles = pd.DataFrame(read_tile_manifest(tiles_dir)).head(64)
+    tiles = pd.DataFrame(read_tile_manifest(tiles_dir)).head(32)  # a 16-shot set
     torch.manual_seed(0)
     model, spec = build_classifier(backbone, 2, pretrained=False)
     model.train()
@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--size-px", type=int, default=2000)
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--steps", type=int, default=100, help="training steps (accuracy)")
-    parser.add_argument("--bench-steps", type=int, default=4, help="steps per throughput arm")
+    parser.add_argument("--bench-steps", type=int, default=10, help="steps per throughput arm")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--backbone", default="efficientnet-lite0")
     parser.add_argument("--seed", type=int, default=0)
