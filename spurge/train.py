@@ -401,7 +401,15 @@ def _warn(message: str, collected: list[str]) -> None:
 
 def _resolve_device(device: str | None) -> torch.device:
     if device:
-        return torch.device(device)
+        try:
+            resolved = torch.device(device)
+        except RuntimeError as exc:
+            raise SpurgeError(
+                f"--device {device!r} is not a torch device (cpu, cuda, ...)"
+            ) from exc
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise SpurgeError(f"--device {device}: no CUDA GPU is available here")
+        return resolved
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -273,3 +273,12 @@ def test_feature_cache_matches_the_backbone_and_skips_known_keys():
     again = cache(x[[1, 0]], [5, 3])
     assert calls == [3]  # nothing new to compute
     torch.testing.assert_close(again, direct[[1, 0]])
+
+
+def test_bad_device_and_options_are_one_line_errors(tiles_dir, config, tmp_path):
+    from spurge.errors import SpurgeError
+
+    with pytest.raises(SpurgeError, match="not a torch device"):
+        train(tiles_dir, config, tmp_path / "r", shots=1, device="gpu", **FAST)
+    with pytest.raises(SpurgeError, match="synthetic-prob"):
+        train(tiles_dir, config, tmp_path / "r", shots=1, synthetic_prob=1.5, **FAST)
