@@ -188,7 +188,7 @@ def main() -> None:
         test = result.test
         print(
             f"accuracy: {args.shots} shots/class, {args.backbone} frozen, {args.steps} steps "
-            f"({time.perf_counter() - start:.0f} s): held-out site {test['n']} tiles, "
+            f"({time.perf_counter() - start:.0f} s): held-out sites {test['n']} tiles, "
             f"accuracy {test['accuracy']:.3f}, balanced accuracy "
             f"{test['balanced_accuracy']:.3f} (target >= 0.9); val balanced accuracy "
             f"{result.val['balanced_accuracy']:.3f}"
