@@ -35,6 +35,8 @@ ORIGIN_NORTHING = 5_180_000.0
 SITE_SPACING_M = 2_000.0
 #: Fraction of a plot covered by spurge above which botanists record it as present.
 PRESENCE_MIN_COVER = 0.002
+#: How far a spurge patch's outline wobbles around its circle (fraction of the radius).
+PATCH_ROUGHNESS = 0.3
 
 GRASS_GREEN = np.array([0.40, 0.47, 0.25], dtype=np.float32)
 GRASS_DRY = np.array([0.63, 0.58, 0.40], dtype=np.float32)
@@ -160,6 +162,31 @@ def _paste(canvas: np.ndarray, patch: np.ndarray, row: int, col: int, op: str = 
         target *= sub
 
 
+def _gap_to_nearest_plot(row: int, col: int, centres: list[tuple[int, int]], plot_px: int) -> float:
+    """Pixels between this plot's square and the nearest other plot's square."""
+    return min(
+        max(abs(row - r), abs(col - c)) - plot_px for r, c in centres if (r, c) != (row, col)
+    )
+
+
+def _plot_patch(plot_px: int, reach: float, rng: np.random.Generator) -> np.ndarray:
+    """Spurge intensity for an infested plot, centred on the plot centre.
+
+    An irregular patch a little off-centre, large enough to reach all four quarters, with a
+    random density; it fades out ``reach`` px from the centre (Chebyshev) so it never spills
+    into a neighbouring plot, which would then be labelled "present" from a sliver.
+    """
+    radius = plot_px * rng.uniform(0.75, 1.0)
+    density = np.float32(rng.uniform(0.06, 0.55))
+    envelope = _disc(radius, rng, roughness=PATCH_ROUGHNESS, falloff=0.6) * density
+    offset = rng.uniform(-0.1, 0.1, 2) * plot_px
+    shifted = ndimage.shift(envelope, offset, order=1, mode="constant")
+    half = envelope.shape[0] // 2
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float32)
+    fade = np.clip((reach - np.maximum(np.abs(yy), np.abs(xx))) / (0.05 * plot_px), 0, 1)
+    return (shifted * fade).astype(np.float32)
+
+
 def plot_centres(size_px: int, plot_px: int, rng: np.random.Generator) -> list[tuple[int, int]]:
     """Nine plot centres on a jittered 3 x 3 grid, each plot square fully inside the site."""
     cell = size_px / 3
@@ -196,17 +223,26 @@ def render_site(
     del soil
 
     # Leafy spurge: patch intensity = envelope x density; clumps where fine noise falls below it.
+    # A surveyed infestation spreads over its plot, so every 2 x 2 quarter that `spurge tile`
+    # cuts from a "present" plot shows spurge and quarters can inherit the plot label; patches
+    # between plots stay clear of the plots, so "absent" plots hold none.
     intensity = np.zeros(shape, dtype=np.float32)
     plot_has_patch = rng.random(len(centres)) < 0.5
-    patch_sites = [c for c, has in zip(centres, plot_has_patch, strict=True) if has]
+    for (row, col), has in zip(centres, plot_has_patch, strict=True):
+        if has:
+            reach = plot_px / 2 + min(
+                0.15 * plot_px, _gap_to_nearest_plot(row, col, centres, plot_px) / 2
+            )
+            patch = _plot_patch(plot_px, reach, rng)
+            _paste(intensity, patch, row, col)
     n_extra = rng.poisson(size_px * size_px / (6 * plot_px) ** 2 * 1.5)
-    patch_sites += [tuple(int(v) for v in rng.integers(0, size_px, 2)) for _ in range(n_extra)]
-    for row, col in patch_sites:
+    for _ in range(n_extra):
+        row, col = (int(v) for v in rng.integers(0, size_px, 2))
         radius = plot_px * rng.uniform(0.25, 0.9)
-        density = rng.uniform(0.12, 0.55)
-        jitter = (rng.uniform(-0.3, 0.3, 2) * plot_px).astype(int)
-        envelope = _disc(radius, rng, roughness=0.45, falloff=0.6) * np.float32(density)
-        _paste(intensity, envelope, row + int(jitter[0]), col + int(jitter[1]))
+        clearance = radius * (1 + PATCH_ROUGHNESS) + plot_px * 0.75
+        if all(np.hypot(row - r, col - c) > clearance for r, c in centres):
+            envelope = _disc(radius, rng, roughness=PATCH_ROUGHNESS, falloff=0.6)
+            _paste(intensity, envelope * np.float32(rng.uniform(0.12, 0.55)), row, col)
     clump_noise = special.ndtr(smooth_noise(shape, 0.09 * px_per_m, rng))
     spurge = clump_noise < intensity
     leaves = np.clip((intensity - clump_noise + 0.08) * 6, 0, 1) * (intensity > 0)

@@ -69,6 +69,20 @@ def test_plots_inside_their_site_and_labelled_from_truth(
                 assert cover == pytest.approx(plot.cover, abs=1e-5)
                 expected = "present" if cover >= PRESENCE_MIN_COVER else "absent"
                 assert plot.label == expected
+                # Quarters inherit the plot label in `spurge tile`, so the truth must agree
+                # quarter by quarter: spurge in every quarter of a present plot, none in
+                # any quarter of an absent one.
+                quarter = tiny_config.tile_size_px
+                plot_truth = truth.read(1, window=window)
+                covers = [
+                    plot_truth[r : r + quarter, c : c + quarter].mean()
+                    for r in (0, quarter)
+                    for c in (0, quarter)
+                ]
+                if plot.label == "present":
+                    assert min(covers) >= 0.01, (plot.plot_id, covers)
+                else:
+                    assert max(covers) == 0, (plot.plot_id, covers)
 
 
 def test_both_classes_and_spurge_colour(tmp_path: Path, tiny_config: SpeciesConfig) -> None:
