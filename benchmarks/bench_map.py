@@ -60,19 +60,7 @@ def _bench_resnet18(pretrained: bool) -> BackboneSpec:
 def make_run(run_dir: Path, backbone: str) -> Path:
     config = load_config("leafy_spurge")
     model, spec = build_classifier(backbone, len(config.class_names), pretrained=False)
-    card = ModelCard(
-        backbone=backbone,
-        class_names=config.class_names,
-        positive_class=config.positive_class,
-        mean=list(spec.mean),
-        std=list(spec.std),
-        input_size=spec.input_size,
-        tile_size_px=config.tile_size_px,
-        tile_size_m=config.tile_size_px * config.gsd_m,
-        gsd_m=config.gsd_m,
-        config=config.model_dump(mode="json"),
-    )
-    save_model(model, card, run_dir)
+    save_model(model, ModelCard.for_classifier(backbone, spec, config), run_dir)
     return run_dir
 
 

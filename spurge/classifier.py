@@ -49,6 +49,38 @@ class ModelCard(BaseModel):
     weights_sha256: str = ""
     training: dict[str, Any] = Field(default_factory=dict)
 
+    @classmethod
+    def for_classifier(
+        cls,
+        backbone: str,
+        spec: BackboneSpec,
+        config: SpeciesConfig,
+        *,
+        mode: Literal["linear", "finetune"] = "linear",
+        data_hashes: dict[str, str] | None = None,
+        training: dict[str, Any] | None = None,
+    ) -> ModelCard:
+        """The card of a classifier built on ``spec`` for ``config``.
+
+        Normalisation and input size come from the backbone, classes and tile geometry from
+        the species config, so no caller can let the two drift apart.
+        """
+        return cls(
+            backbone=backbone,
+            class_names=config.class_names,
+            positive_class=config.positive_class,
+            mean=list(spec.mean),
+            std=list(spec.std),
+            input_size=spec.input_size,
+            tile_size_px=config.tile_size_px,
+            tile_size_m=config.tile_size_px * config.gsd_m,
+            gsd_m=config.gsd_m,
+            mode=mode,
+            config=config.model_dump(mode="json"),
+            data_hashes=data_hashes or {},
+            training=training or {},
+        )
+
     def species_config(self) -> SpeciesConfig:
         return SpeciesConfig.model_validate(self.config)
 

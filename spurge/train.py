@@ -621,18 +621,11 @@ def train(
             else None
         )
 
-    card = ModelCard(
-        backbone=backbone,
-        class_names=config.class_names,
-        positive_class=config.positive_class,
-        mean=list(spec.mean),
-        std=list(spec.std),
-        input_size=spec.input_size,
-        tile_size_px=config.tile_size_px,
-        tile_size_m=config.tile_size_px * config.gsd_m,
-        gsd_m=config.gsd_m,
+    card = ModelCard.for_classifier(
+        backbone,
+        spec,
+        config,
         mode=mode,
-        config=config.model_dump(mode="json"),
         data_hashes={
             "tiles_manifest_sha256": sha256_file(manifest_path(tiles_dir)),
             "few_shot_tiles": _hash_ids(few["tile_id"].tolist()),

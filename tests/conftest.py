@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ import pytest
 from spurge.config import SpeciesConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TESTDATA = REPO_ROOT.parent / "shared" / "testdata"
+# ../shared/testdata beside the repository; SPURGE_TESTDATA overrides it (e.g. in a worktree).
+TESTDATA = Path(os.environ.get("SPURGE_TESTDATA", REPO_ROOT.parent / "shared" / "testdata"))
 
 
 @pytest.fixture
@@ -21,7 +23,8 @@ def testdata() -> Path:
 
 
 def make_tiny_config(**overrides: object) -> SpeciesConfig:
-    """A leafy-spurge-like config with 32 px tiles at 5 cm: plots of 64 px, fast to test."""
+    """A leafy-spurge-like config with 32 px tiles at 5 cm: plots of 2 x 2 quarters (64 px),
+    fast to test. ``overrides`` replace any key, e.g. ``make_tiny_config(bands=[1, 2, 4])``."""
     values: dict[str, object] = {
         "species": "tiny spurge",
         "classes": [

@@ -123,19 +123,7 @@ def test_dinov2_without_local_weights_is_a_clear_error(tmp_path, monkeypatch):
 def _card(backbone: str, spec) -> ModelCard:
     from train_support import tiny_config
 
-    config = tiny_config()
-    return ModelCard(
-        backbone=backbone,
-        class_names=config.class_names,
-        positive_class="present",
-        mean=list(spec.mean),
-        std=list(spec.std),
-        input_size=spec.input_size,
-        tile_size_px=32,
-        tile_size_m=1.6,
-        gsd_m=0.05,
-        config=config.model_dump(mode="json"),
-    )
+    return ModelCard.for_classifier(backbone, spec, tiny_config())
 
 
 def test_efficientnet_classifier_round_trips_through_save_and_load(tmp_path):

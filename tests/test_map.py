@@ -1,11 +1,8 @@
 """Tests for ``spurge map`` on a tiny synthetic orthomosaic.
 
-The model is honest about what it is: a fixed colour rule registered as a test-only backbone
-(``test-colour``): the share of a window's pixels that are bright and yellow-green (green well
-above blue and above red, i.e. spurge bracts rather than grass or yellow lookalike forbs),
-through a fixed linear head. It finds the planted spurge patches of ``spurge.synthetic`` well
-enough to check that the map puts polygons where the patches are, without waiting for the
-train stage.
+The model is the fixed colour rule of ``map_support`` (a test-only ``test-colour`` backbone),
+which finds the planted spurge patches of ``spurge.synthetic`` well enough to check that the
+map puts polygons where the patches are, without waiting for the train stage.
 """
 
 from __future__ import annotations
@@ -18,95 +15,28 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-import torch
 from click.testing import CliRunner
+from conftest import make_tiny_config
+from map_support import GSD, TILE_PX, make_model
 from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 from scipy import ndimage
 from shapely.geometry import box
-from torch import nn
 
-from spurge.classifier import (
-    BackboneSpec,
-    ModelCard,
-    build_classifier,
-    register_backbone,
-    save_model,
-)
 from spurge.cli import cli
-from spurge.config import SpeciesConfig
 from spurge.errors import ModelError, OutputError, RasterError
 from spurge.mapping import GsdWarning, map_orthos
 from spurge.mapping import run as map_run
 from spurge.synthetic import synthesize
 
 SIZE_PX = 320
-TILE_PX = 32
-GSD = 0.05
 STRIDE = TILE_PX // 2
-
-
-class SpurgeColour(nn.Module):
-    """Share of pixels that look like spurge bracts; inputs are RGB in [0, 1] (mean 0, std 1)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r, g, b = x[:, 0], x[:, 1], x[:, 2]
-        ratio = (g - b) / (g + 1e-3)
-        score = torch.sigmoid(40 * (ratio - 0.5))
-        score = score * torch.sigmoid(40 * (g - 0.56)) * torch.sigmoid(40 * (g - r))
-        return score.mean(dim=(1, 2))[:, None]
-
-
-@register_backbone("test-colour")
-def _test_colour(pretrained: bool) -> BackboneSpec:
-    return BackboneSpec(SpurgeColour(), 1, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), TILE_PX)
-
-
-def tiny_config(**overrides) -> SpeciesConfig:
-    values = dict(
-        species="leafy spurge",
-        classes=[
-            {"name": "absent", "initializer": "grass"},
-            {"name": "present", "initializer": "flower"},
-        ],
-        positive_class="present",
-        plot_size_m=3.2,
-        tile_size_px=TILE_PX,
-        quarters=True,
-        gsd_m=GSD,
-    )
-    values.update(overrides)
-    return SpeciesConfig(**values)
-
-
-def make_model(run_dir: Path, config: SpeciesConfig | None = None, strength: float = 1.0) -> Path:
-    """Save the colour-rule model; ``strength=0`` makes one that always says 50/50."""
-    config = config or tiny_config()
-    model, spec = build_classifier("test-colour", 2)
-    with torch.no_grad():
-        # P(present) crosses 0.5 where 6 % of the window looks like spurge bracts.
-        model.head.weight.copy_(torch.tensor([[-40.0], [40.0]]) * strength)
-        model.head.bias.copy_(torch.tensor([2.4, -2.4]) * strength)
-    card = ModelCard(
-        backbone="test-colour",
-        class_names=config.class_names,
-        positive_class=config.positive_class,
-        mean=list(spec.mean),
-        std=list(spec.std),
-        input_size=spec.input_size,
-        tile_size_px=config.tile_size_px,
-        tile_size_m=config.tile_size_px * config.gsd_m,
-        gsd_m=config.gsd_m,
-        config=config.model_dump(mode="json"),
-    )
-    save_model(model, card, run_dir)
-    return run_dir
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    return synthesize(out, tiny_config(), sites=1, size_px=SIZE_PX, seed=3)
+    return synthesize(out, make_tiny_config(), sites=1, size_px=SIZE_PX, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -340,7 +270,7 @@ def _assert_one_line_error(res, *needles: str) -> None:
 
 
 def test_band_mismatch_is_refused(synth, tmp_path):
-    run = make_model(tmp_path / "run5", tiny_config(bands=[1, 2, 5]))
+    run = make_model(tmp_path / "run5", make_tiny_config(bands=[1, 2, 5]))
     out = tmp_path / "out"
     _assert_one_line_error(
         _cli(str(synth.orthos[0]), "--model", str(run), "--out", str(out)), "band"
@@ -348,10 +278,10 @@ def test_band_mismatch_is_refused(synth, tmp_path):
     assert not out.exists()
 
 
-def test_ortho_without_crs_is_refused(synth, run_dir, tmp_path):
-    ortho = tmp_path / "nocrs.tif"
+def _ortho_without_crs(path: Path) -> Path:
+    """A 64 x 64 px GeoTIFF with a geotransform but no CRS."""
     with rasterio.open(
-        ortho,
+        path,
         "w",
         driver="GTiff",
         width=64,
@@ -361,6 +291,11 @@ def test_ortho_without_crs_is_refused(synth, run_dir, tmp_path):
         transform=from_origin(0, 64, 1, 1),
     ) as dst:
         dst.write(np.zeros((3, 64, 64), dtype=np.uint8))
+    return path
+
+
+def test_ortho_without_crs_is_refused(synth, run_dir, tmp_path):
+    ortho = _ortho_without_crs(tmp_path / "nocrs.tif")
     out = tmp_path / "out"
     _assert_one_line_error(_cli(str(ortho), "--model", str(run_dir), "--out", str(out)), "CRS")
     assert not out.exists()
@@ -499,18 +434,7 @@ def test_cli_help_lists_the_map_options():
 
 
 def test_bad_second_ortho_stops_before_anything_is_written(synth, run_dir, tmp_path):
-    ortho = tmp_path / "nocrs.tif"
-    with rasterio.open(
-        ortho,
-        "w",
-        driver="GTiff",
-        width=64,
-        height=64,
-        count=3,
-        dtype="uint8",
-        transform=from_origin(0, 64, 1, 1),
-    ) as dst:
-        dst.write(np.zeros((3, 64, 64), dtype=np.uint8))
+    ortho = _ortho_without_crs(tmp_path / "nocrs.tif")
     with pytest.raises(RasterError, match="CRS"):
         map_orthos([synth.orthos[0], ortho], run_dir, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()

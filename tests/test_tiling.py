@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
+from conftest import make_tiny_config
 from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.windows import Window
@@ -30,27 +31,9 @@ from spurge.tiling import (
 )
 
 
-def make_config(**overrides: object) -> SpeciesConfig:
-    """32 px tiles at 5 cm: 3.2 m plots of 2 x 2 quarters (64 px), fast to test."""
-    values: dict[str, object] = {
-        "species": "tiny spurge",
-        "classes": [
-            {"name": "absent", "initializer": "grassland"},
-            {"name": "present", "initializer": "flowers"},
-        ],
-        "positive_class": "present",
-        "plot_size_m": 3.2,
-        "tile_size_px": 32,
-        "quarters": True,
-        "gsd_m": 0.05,
-    }
-    values.update(overrides)
-    return SpeciesConfig.model_validate(values)
-
-
 @pytest.fixture(scope="module")
 def config() -> SpeciesConfig:
-    return make_config()
+    return make_tiny_config()
 
 
 @pytest.fixture(scope="module")
@@ -189,9 +172,9 @@ def test_polygon_plots_equal_point_plots(tmp_path, synth, config) -> None:
 
 def test_other_gsd_is_resampled(tmp_path) -> None:
     # Orthomosaic at 2.5 cm, config at 5 cm: each quarter is 64 ortho px read into 32 px.
-    fine = make_config(tile_size_px=64, gsd_m=0.025)
+    fine = make_tiny_config(tile_size_px=64, gsd_m=0.025)
     data = synthesize(tmp_path / "fine", fine, sites=1, size_px=512, seed=1)
-    config = make_config()
+    config = make_tiny_config()
     result = tile_plots(data.orthos, data.plots, config, tmp_path / "tiles", progress=False)
     assert "Resampled" in result.summary()
     tiles = read_tile_manifest(tmp_path / "tiles")
@@ -293,14 +276,15 @@ def test_bad_inputs_raise_one_line_errors(tmp_path, synth, config) -> None:
     with pytest.raises(RasterError, match="no CRS"):
         tile_grid([no_crs], config, out, progress=False)
     with pytest.raises(RasterError, match="band"):
-        tile_grid(synth.orthos, make_config(bands=[1, 2, 4]), out, progress=False)
+        tile_grid(synth.orthos, make_tiny_config(bands=[1, 2, 4]), out, progress=False)
     assert not (out / "tiles.parquet").exists()
     assert not [p for p in out.rglob("*") if p.is_file()]  # nothing half-written
 
 
 def test_cli_tile(tmp_path, synth) -> None:
     config_path = tmp_path / "tiny.yaml"
-    config_path.write_text(make_config().model_dump_json(), encoding="utf-8")  # JSON is valid YAML
+    # JSON is valid YAML.
+    config_path.write_text(make_tiny_config().model_dump_json(), encoding="utf-8")
     runner = CliRunner()
     orthos = [str(p) for p in synth.orthos]
     args = [*orthos, "--labels", str(synth.plots), "--config", str(config_path)]

@@ -7,7 +7,6 @@ non-square pixels and missing georeferencing. Set SPURGE_TESTDATA to point elsew
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import geopandas as gpd
@@ -24,16 +23,6 @@ from spurge.config import SpeciesConfig
 from spurge.errors import RasterError, VectorError
 from spurge.io.manifest import read_tile_manifest, tile_image_path
 from spurge.tiling import source_scaling, tile_grid, tile_plots
-
-_DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
-TESTDATA = Path(os.environ.get("SPURGE_TESTDATA", _DEFAULT))
-
-
-@pytest.fixture
-def testdata() -> Path:
-    if not TESTDATA.is_dir():
-        pytest.skip("../shared/testdata is not available")
-    return TESTDATA
 
 
 def make_config(**overrides: object) -> SpeciesConfig:

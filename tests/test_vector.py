@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import geopandas as gpd
 import pytest
+from conftest import make_tiny_config
 from shapely.geometry import Point
 
 from spurge.config import SpeciesConfig
 from spurge.errors import VectorError
 from spurge.io.vector import parse_crs, plots_in_crs, read_plots
-
-_DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
-TESTDATA = Path(os.environ.get("SPURGE_TESTDATA", _DEFAULT))
-
-
-def make_config(**overrides: object) -> SpeciesConfig:
-    values: dict[str, object] = {
-        "species": "tiny spurge",
-        "classes": [
-            {"name": "absent", "initializer": "grassland"},
-            {"name": "present", "initializer": "flowers"},
-        ],
-        "positive_class": "present",
-        "plot_size_m": 3.2,
-        "tile_size_px": 32,
-        "quarters": True,
-        "gsd_m": 0.05,
-    }
-    values.update(overrides)
-    return SpeciesConfig.model_validate(values)
-
-
-@pytest.fixture
-def testdata() -> Path:
-    if not TESTDATA.is_dir():
-        pytest.skip("../shared/testdata is not available")
-    return TESTDATA
 
 
 def test_csv_with_xy_columns(tmp_path) -> None:
@@ -46,25 +17,25 @@ def test_csv_with_xy_columns(tmp_path) -> None:
     csv.write_text(
         "Easting,Northing,label,site\n300010.5,5179990,present,a\n300020,5179980,absent,a\n"
     )
-    plots = read_plots(csv, make_config(), crs="32612")
+    plots = read_plots(csv, make_tiny_config(), crs="32612")
     assert plots.crs.to_epsg() == 32612
     assert list(plots["plot_id"]) == ["plot0001", "plot0002"]
     assert list(plots["label"]) == ["present", "absent"] and list(plots["kind"]) == ["point"] * 2
     assert plots.geometry.iloc[0].equals(Point(300010.5, 5179990))
     with pytest.raises(VectorError, match="CSV carries no CRS"):
-        read_plots(csv, make_config())
+        read_plots(csv, make_tiny_config())
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,label\n1,2,present\n")
     with pytest.raises(VectorError, match="coordinate columns"):
-        read_plots(bad, make_config(), crs="EPSG:32612")
+        read_plots(bad, make_tiny_config(), crs="EPSG:32612")
     holes = tmp_path / "holes.csv"
     holes.write_text("x,y,label\n1,2,present\n,3,absent\n")
     with pytest.raises(VectorError, match="line 3"):
-        read_plots(holes, make_config(), crs="EPSG:32612")
+        read_plots(holes, make_tiny_config(), crs="EPSG:32612")
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     with pytest.raises(VectorError, match="empty"):
-        read_plots(empty, make_config(), crs="EPSG:32612")
+        read_plots(empty, make_tiny_config(), crs="EPSG:32612")
 
 
 def test_labels_and_ids_are_checked(tmp_path) -> None:
@@ -76,17 +47,17 @@ def test_labels_and_ids_are_checked(tmp_path) -> None:
     path = tmp_path / "plots.gpkg"
     frame.to_file(path)
     with pytest.raises(VectorError, match=r"unknown class value\(s\) \['maybe'\]") as err:
-        read_plots(path, make_config())
+        read_plots(path, make_tiny_config())
     assert str(path) in err.value.one_line()
     frame["label"] = ["present", "absent", "absent"]
     frame.to_file(path)
     with pytest.raises(VectorError, match="duplicate plot id"):
-        read_plots(path, make_config())
+        read_plots(path, make_tiny_config())
     with pytest.raises(VectorError, match="no class column 'cls'"):
-        read_plots(path, make_config(label_column="cls"))
+        read_plots(path, make_tiny_config(label_column="cls"))
     with pytest.raises(VectorError, match="declares EPSG:32612"):
-        read_plots(path, make_config(plot_id_column=None), crs="EPSG:4326")
-    plots = read_plots(path, make_config(plot_id_column=None))
+        read_plots(path, make_tiny_config(plot_id_column=None), crs="EPSG:4326")
+    plots = read_plots(path, make_tiny_config(plot_id_column=None))
     assert plots["site"].isna().all()  # no site column: sites come from the orthomosaics
     assert plots_in_crs(plots, "EPSG:32612") is plots
     assert plots_in_crs(plots, "EPSG:4326").crs.to_epsg() == 4326
@@ -99,13 +70,13 @@ def test_empty_and_unreadable_files(tmp_path) -> None:
     path = tmp_path / "empty.geojson"
     empty.to_file(path)
     with pytest.raises(VectorError, match="empty"):
-        read_plots(path, make_config())
+        read_plots(path, make_tiny_config())
     junk = tmp_path / "junk.gpkg"
     junk.write_bytes(b"not a geopackage")
     with pytest.raises(VectorError, match="cannot read"):
-        read_plots(junk, make_config())
+        read_plots(junk, make_tiny_config())
     with pytest.raises(VectorError, match="file not found"):
-        read_plots(tmp_path / "missing.shp", make_config())
+        read_plots(tmp_path / "missing.shp", make_tiny_config())
     lines = gpd.GeoDataFrame(
         {"label": ["present"]},
         geometry=gpd.GeoSeries.from_wkt(["LINESTRING (0 0, 1 1)"]),
@@ -113,11 +84,11 @@ def test_empty_and_unreadable_files(tmp_path) -> None:
     )
     lines.to_file(tmp_path / "lines.gpkg")
     with pytest.raises(VectorError, match=r"points .* or polygons"):
-        read_plots(tmp_path / "lines.gpkg", make_config())
+        read_plots(tmp_path / "lines.gpkg", make_tiny_config())
 
 
 def taxa_config(*taxa: str, label_column: str = "taxonID") -> SpeciesConfig:
-    return make_config(
+    return make_tiny_config(
         classes=[{"name": t, "initializer": "tree"} for t in taxa],
         positive_class=taxa[0],
         label_column=label_column,
@@ -140,11 +111,11 @@ def test_real_vectors(testdata, tmp_path) -> None:
     points = gpd.read_file(testdata / "test_pts.geojson")
     points["label"] = "present"
     points.to_file(tmp_path / "pts.geojson")
-    plots = read_plots(tmp_path / "pts.geojson", make_config())
+    plots = read_plots(tmp_path / "pts.geojson", make_tiny_config())
     assert set(plots["kind"]) == {"point"} and set(plots.geom_type) == {"Point"}
     squares = read_plots(
         testdata / "square_crop_with_plot_ids.geojson",
-        make_config(
+        make_tiny_config(
             label_column="plot_ids",
             classes=[{"name": "888", "initializer": "a"}, {"name": "889", "initializer": "b"}],
             positive_class="889",
