@@ -712,7 +712,7 @@ def map_(
     with the ortho's pixels, and writes into --out, for ORTHO site.tif: site_prob.tif
     (Cloud-Optimized GeoTIFF, 0-100 %, 255 = nodata), site_presence.tif (class index),
     site_uncertainty.tif (entropy), site.geojson (WGS84) and site.gpkg (native CRS) with
-    presence polygons and 'survey next' points, site.qml (QGIS style) and site.html
+    presence polygons and 'survey next' points, site_prob.qml (QGIS style) and site.html
     (self-contained offline map). Interrupted runs resume from finished blocks.
     """
     import warnings

@@ -15,7 +15,7 @@ from spurge.train import train
 
 DEMO_SITES = 3
 DEMO_SIZE_PX = 2000
-DEMO_SHOTS = 4
+DEMO_SHOTS = 8
 
 
 def run_demo(out_dir: str | Path, seed: int = 0) -> str:

@@ -66,7 +66,7 @@ def test_outputs_align_with_ortho(synth, mapped):
             "_uncertainty.tif",
             ".geojson",
             ".gpkg",
-            ".qml",
+            "_prob.qml",
             ".html",
             ".map.json",
         ]
@@ -163,7 +163,7 @@ def test_html_is_self_contained_with_overlay_and_polygons(synth, mapped):
 
 def test_qml_style_is_filled_in(synth, mapped):
     _, out = mapped
-    qml = (out / f"{synth.orthos[0].stem}.qml").read_text()
+    qml = (out / f"{synth.orthos[0].stem}_prob.qml").read_text()
     assert "$" not in qml and qml.count("<item ") == 11 and "singlebandpseudocolor" in qml
     import xml.etree.ElementTree as ET
 

@@ -110,7 +110,8 @@ class MapResult:
             f"presence where probability >= {self.threshold:.2f}): " + "; ".join(parts) + ". "
             "Each has <name>_prob.tif (COG, 0-100 %, 255 nodata), <name>_presence.tif, "
             "<name>_uncertainty.tif, <name>.geojson and <name>.gpkg (presence polygons and "
-            "'survey next' points), <name>.qml (QGIS style) and <name>.html (offline map)."
+            "'survey next' points), <name>_prob.qml (QGIS style, applied on loading) and "
+            "<name>.html (offline map)."
         )
 
 
@@ -121,7 +122,8 @@ def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
         "uncertainty": out_dir / f"{name}_uncertainty.tif",
         "geojson": out_dir / f"{name}.geojson",
         "gpkg": out_dir / f"{name}.gpkg",
-        "qml": out_dir / f"{name}.qml",
+        # Named after the raster it styles: QGIS applies <raster>.qml by itself on loading.
+        "qml": out_dir / f"{name}_prob.qml",
         "html": out_dir / f"{name}.html",
         "record": out_dir / f"{name}.map.json",
     }
