@@ -9,7 +9,19 @@ import pytest
 from spurge.config import SpeciesConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TESTDATA = REPO_ROOT.parent / "shared" / "testdata"
+
+
+def _find_testdata() -> Path:
+    """``shared/testdata`` beside the checkout, or beside a folder above it (git worktrees
+    live one level deeper, e.g. ``wt/<branch>``, than the main checkout)."""
+    for folder in REPO_ROOT.parents:
+        candidate = folder / "shared" / "testdata"
+        if candidate.is_dir():
+            return candidate
+    return REPO_ROOT.parent / "shared" / "testdata"
+
+
+TESTDATA = _find_testdata()
 
 
 @pytest.fixture
