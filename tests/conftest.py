@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _find_testdata() -> Path:
-    """``shared/testdata`` beside the checkout, or beside a folder above it (git worktrees
-    live one level deeper, e.g. ``wt/<branch>``, than the main checkout)."""
+    """$SPURGE_TESTDATA, else ``shared/testdata`` beside the checkout or beside a folder above
+    it (git worktrees live one level deeper, e.g. ``wt/<branch>``, than the main checkout)."""
+    if os.environ.get("SPURGE_TESTDATA"):
+        return Path(os.environ["SPURGE_TESTDATA"])
     for folder in REPO_ROOT.parents:
         candidate = folder / "shared" / "testdata"
         if candidate.is_dir():
