@@ -10,8 +10,21 @@ import pytest
 from spurge.config import SpeciesConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# ../shared/testdata beside the repository; SPURGE_TESTDATA overrides it (e.g. in a worktree).
-TESTDATA = Path(os.environ.get("SPURGE_TESTDATA", REPO_ROOT.parent / "shared" / "testdata"))
+
+
+def _find_testdata() -> Path:
+    """$SPURGE_TESTDATA, else ``shared/testdata`` beside the checkout or beside a folder above
+    it (git worktrees live one level deeper, e.g. ``wt/<branch>``, than the main checkout)."""
+    if os.environ.get("SPURGE_TESTDATA"):
+        return Path(os.environ["SPURGE_TESTDATA"])
+    for folder in REPO_ROOT.parents:
+        candidate = folder / "shared" / "testdata"
+        if candidate.is_dir():
+            return candidate
+    return REPO_ROOT.parent / "shared" / "testdata"
+
+
+TESTDATA = _find_testdata()
 
 
 @pytest.fixture

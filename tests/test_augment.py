@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,6 +18,7 @@ from spurge.augment.models import build_clip_tokenizer, load_model
 from spurge.augment.store import read_synthetic_manifest, synthetic_image_path
 from spurge.cli import cli
 from spurge.errors import ConfigError, ManifestError, ModelError
+from tests.conftest import TESTDATA
 from tests.test_augment_fixtures import make_tiles, tiny_config
 
 FAST = dict(model="tiny-random", steps=4, batch_size=4, progress=False)
@@ -364,9 +364,6 @@ def test_help_is_real():
     assert res.exit_code == 0
     for option in ("--per-tile", "--batch-size", "--sampler", "--train-tokens-only", "--filter"):
         assert option in res.output
-
-
-TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 
 
 def test_real_drone_tiles(tmp_path):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -20,17 +18,7 @@ from spurge.classifier import (
     save_model,
 )
 from spurge.errors import ModelError
-
-# The repository's sibling shared/ folder (a worktree one level deeper also finds it).
-_HERE = Path(__file__).resolve()
-TESTDATA = next(
-    (
-        p / "shared" / "testdata"
-        for p in (_HERE.parents[1].parent, _HERE.parents[2].parent)
-        if (p / "shared" / "testdata").is_dir()
-    ),
-    _HERE.parents[1].parent / "shared" / "testdata",
-)
+from tests.conftest import TESTDATA
 
 
 def test_registry_names():

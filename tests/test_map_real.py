@@ -8,8 +8,6 @@ must be refused (one band, no CRS). The model is the test-only colour rule from 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import rasterio
@@ -20,14 +18,8 @@ from rio_cogeo.cogeo import cog_validate
 from spurge.cli import cli
 from spurge.errors import RasterError
 from spurge.mapping import map_orthos
+from tests.conftest import TESTDATA
 from tests.test_map import make_model
-
-# ../shared/testdata beside the repository; SPURGE_TESTDATA overrides it (e.g. in a worktree).
-TESTDATA = Path(
-    os.environ.get(
-        "SPURGE_TESTDATA", Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
-    )
-)
 
 pytestmark = pytest.mark.skipif(not TESTDATA.is_dir(), reason="../shared/testdata not present")
 

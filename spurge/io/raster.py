@@ -42,12 +42,20 @@ def open_ortho(path: str | Path, *, require_crs: bool = True) -> Iterator[Any]:
         if require_crs:
             check_georeferenced(src, path)
         yield src
+    except RasterioIOError as exc:
+        # The header parsed but a pixel block did not: a truncated or corrupt file.
+        raise RasterError(
+            f"cannot read pixel data, truncated or corrupt? ({_gdal_reason(exc)})", path
+        ) from exc
     finally:
         src.close()
 
 
-def _gdal_reason(exc: Exception) -> str:
-    text = " ".join(str(exc).split())
+def _gdal_reason(exc: BaseException) -> str:
+    # rasterio's read error says only "Read failed. See previous exception for details.";
+    # GDAL's own message (which block failed, and why) is the exception it chains.
+    cause = exc.__cause__ or exc.__context__
+    text = " ".join(str(cause if cause is not None and str(cause) else exc).split())
     return text if len(text) < 160 else text[:157] + "..."
 
 

@@ -376,6 +376,15 @@ def _map_one(
         weights[part.row0 : part.row0 + h, part.col0 : part.col0 + w] += part.weights
         result.windows += part.windows
         result.skipped += part.skipped
+    if result.windows == 0:
+        # An all-nodata map says nothing; most likely the nodata value or mask is wrong.
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        limit = card.species_config().max_nodata_fraction
+        raise RasterError(
+            f"every one of the {result.skipped} model windows is more than {limit:.0%} "
+            "nodata; nothing to map (check the nodata value or alpha band)",
+            ortho,
+        )
     _write_outputs(result, card, sums, weights, crs, settings, fingerprint)
     shutil.rmtree(checkpoint, ignore_errors=True)
     result.seconds_total = time.perf_counter() - start_total
