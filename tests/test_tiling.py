@@ -352,3 +352,50 @@ def test_geographic_ortho(tmp_path, synth, config) -> None:
     assert np.allclose(np.sqrt(metres.geometry.area), 1.6, atol=0.08)
     row = tiles.iloc[0].to_dict()
     assert read_png(tmp_path / "t", row["path"]).shape == (32, 32, 3)
+
+
+def test_cog_and_vrt_orthos_give_the_same_tiles(tmp_path, synth, config) -> None:
+    """A Cloud-Optimized GeoTIFF and a GDAL VRT of the same orthos cut the same pixels."""
+    from rio_cogeo.cogeo import cog_translate, cog_validate
+    from rio_cogeo.profiles import cog_profiles
+
+    # Small internal tiles so a 256 px site still gets overviews, as a real COG would.
+    profile = {**cog_profiles.get("deflate"), "blockxsize": 64, "blockysize": 64}
+
+    (tmp_path / "cog").mkdir()
+    (tmp_path / "vrt").mkdir()
+    cogs, vrts = [], []
+    for ortho in synth.orthos:
+        cog = tmp_path / "cog" / ortho.name
+        cog_translate(ortho, cog, profile, overview_level=2, quiet=True)
+        vrt = tmp_path / "vrt" / f"{ortho.stem}.vrt"
+        rasterio.shutil.copy(ortho, vrt, driver="VRT")
+        cogs.append(cog)
+        vrts.append(vrt)
+    assert cog_validate(cogs[0])[0]
+    with rasterio.open(cogs[0]) as src:
+        assert src.overviews(1) == [2, 4]
+    with rasterio.open(vrts[0]) as src:
+        assert src.driver == "VRT"
+
+    window_columns = ["tile_id", "label", "split", "row_off", "col_off", "height", "width"]
+    runs = {}
+    for name, orthos in {"tif": synth.orthos, "cog": cogs, "vrt": vrts}.items():
+        tile_plots(orthos, synth.plots, config, tmp_path / f"tiles_{name}", progress=False)
+        runs[name] = read_tile_manifest(tmp_path / f"tiles_{name}").sort_values("tile_id")
+    reference = runs["tif"]
+    for name in ("cog", "vrt"):
+        tiles = runs[name]
+        assert len(tiles) == len(reference) > 0
+        assert tiles[window_columns].to_numpy().tolist() == (
+            reference[window_columns].to_numpy().tolist()
+        )
+        assert list(tiles.geometry.geom_equals_exact(reference.geometry, 1e-9)) == [True] * len(
+            tiles
+        )
+        assert all(str(p).endswith(".vrt" if name == "vrt" else ".tif") for p in tiles["source"])
+        for ours, theirs in zip(tiles["path"], reference["path"], strict=True):
+            assert np.array_equal(
+                read_png(tmp_path / f"tiles_{name}", ours),
+                read_png(tmp_path / "tiles_tif", theirs),
+            )
