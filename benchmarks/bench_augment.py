@@ -193,6 +193,10 @@ def main() -> None:
         f"(c) re-run of identical plan {rerun_s:.3f} s / first run {ours_s:.2f} s "
         f"= {rerun_s / ours_s:.4f} (target <= 0.02)"
     )
+    # One line per target, for benchmarks/run_all.py's table.
+    print(f"ratio unet_evals_per_image = {ours_evals / ref_evals:.3f} (target <= 0.5)")
+    print(f"ratio images_per_s = {ours_rate / ref_rate:.2f}x (target >= 1.8x CPU, 4x CUDA)")
+    print(f"ratio rerun_vs_first_run = {rerun_s / ours_s:.4f} (target <= 0.02)")
 
 
 if __name__ == "__main__":

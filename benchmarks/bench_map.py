@@ -171,6 +171,7 @@ def throughput(ortho: Path, run_dir: Path, work: Path) -> float:
         f"whole map call incl. planning and writing all outputs {map_rate:.0f} win/s -> ratio "
         f"{map_rate / forward_rate:.2f}"
     )
+    print(f"ratio window_phase_vs_pure_forward = {window_rate / forward_rate:.2f} (target >= 0.85)")
     return forward_rate
 
 
@@ -208,6 +209,10 @@ def main() -> None:
             f"{args.big}x{args.big} px peak RSS {big_stats['peak_rss_mib']:.0f} MiB "
             f"({big_stats['windows']} windows, {big_stats['seconds']:.1f} s) -> ratio "
             f"{ratio:.2f} (target <= 1.1, and <= 2048 MiB)"
+        )
+        print(
+            f"ratio peak_rss_{args.big}px_vs_{args.small}px = {ratio:.2f} "
+            f"(target <= 1.1; big {big_stats['peak_rss_mib']:.0f} MiB, target <= 2048)"
         )
         big_rate = big_stats["windows"] / big_stats["seconds_windows"]
         print(

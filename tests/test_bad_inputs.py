@@ -238,18 +238,7 @@ def _make_model(run_dir: Path, config: SpeciesConfig) -> Path:
     """A random-weight ``random-small`` classifier with a real model card (fast to map with)."""
     torch.manual_seed(0)
     model, spec = build_classifier("random-small", len(config.class_names), pretrained=False)
-    card = ModelCard(
-        backbone="random-small",
-        class_names=config.class_names,
-        positive_class=config.positive_class,
-        mean=list(spec.mean),
-        std=list(spec.std),
-        input_size=spec.input_size,
-        tile_size_px=config.tile_size_px,
-        tile_size_m=config.tile_size_px * config.gsd_m,
-        gsd_m=config.gsd_m,
-        config=config.model_dump(mode="json"),
-    )
+    card = ModelCard.for_classifier("random-small", spec, config)
     run_dir.mkdir(parents=True)
     save_model(model, card, run_dir)
     return run_dir
