@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from spurge.augment import TokenSettings, augment
+from spurge.augment import TINY_RANDOM, TokenSettings, augment
 from spurge.config import load_config
 from spurge.evaluate import evaluate
 from spurge.io.manifest import read_tile_manifest
@@ -17,38 +20,87 @@ DEMO_SITES = 3
 DEMO_SIZE_PX = 2000
 DEMO_SHOTS = 8
 
+T = TypeVar("T")
 
-def run_demo(out_dir: str | Path, seed: int = 0) -> str:
-    """Run every stage on synthetic data and return the closing summary."""
+
+class StageClock:
+    """Wall-clock seconds per stage, for the closing summary."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, stage: Callable[..., T], *args: object, **kwargs: object) -> T:
+        start = time.perf_counter()
+        result = stage(*args, **kwargs)
+        self.seconds[name] = time.perf_counter() - start
+        return result
+
+    def summary(self) -> str:
+        parts = [f"{name} {seconds:.0f} s" for name, seconds in self.seconds.items()]
+        return f"Stage times: {', '.join(parts)} (total {sum(self.seconds.values()):.0f} s)."
+
+
+def run_demo(
+    out_dir: str | Path, seed: int = 0, model: str = TINY_RANDOM, device: str | None = None
+) -> str:
+    """Run every stage on synthetic data and return the closing summary.
+
+    ``model`` is the Stable Diffusion model for DA-Fusion: the miniature random-weight one by
+    default (offline, CPU, noise-like images), or a hub id / local folder / checkpoint file,
+    which then gets DA-Fusion's real settings (1000 token steps, 25 sampling steps, 4 images
+    per tile; a GPU is advisable). ``device`` (e.g. ``cpu``, ``cuda``) defaults to a GPU when
+    there is one.
+    """
     out_dir = Path(out_dir)
     config = load_config("leafy_spurge")
-    synth = synthesize(
-        out_dir / "synthetic", config, sites=DEMO_SITES, size_px=DEMO_SIZE_PX, seed=seed
+    clock = StageClock()
+    synth = clock.run(
+        "synth",
+        synthesize,
+        out_dir / "synthetic",
+        config,
+        sites=DEMO_SITES,
+        size_px=DEMO_SIZE_PX,
+        seed=seed,
     )
     tiles_dir = out_dir / "tiles"
-    tiles = tile_plots(synth.orthos, synth.plots, config, tiles_dir)
-    # The miniature random Stable Diffusion keeps the demo offline and fast; its images are
-    # noise-like, so the comparison below shows the machinery, not DA-Fusion's real gain.
-    synthetic = augment(
+    tiles = clock.run("tile", tile_plots, synth.orthos, synth.plots, config, tiles_dir)
+    if model == TINY_RANDOM:
+        # The miniature random Stable Diffusion keeps the demo offline and fast; its images are
+        # noise-like, so the comparison below shows the machinery, not DA-Fusion's real gain.
+        generation = {
+            "per_tile": 1,
+            "steps": 8,
+            "token_settings": TokenSettings(steps=30, batch_size=4),
+        }
+    else:
+        generation = {"per_tile": 4, "steps": 25, "token_settings": TokenSettings()}
+    synthetic = clock.run(
+        "augment",
+        augment,
         tiles_dir,
         config,
         out_dir / "augment" / "da-fusion",
         method="da-fusion",
-        model="tiny-random",
-        per_tile=1,
-        steps=8,
-        token_settings=TokenSettings(steps=30, batch_size=4),
+        model=model,
         seed=seed,
+        device=device or "auto",
+        **generation,
     )
-    run = train(
+    run = clock.run(
+        "train",
+        train,
         tiles_dir,
         config,
         out_dir / "run",
         shots=DEMO_SHOTS,
         seed=seed,
         synthetic_dir=out_dir / "augment" / "da-fusion",
+        device=device,
     )
-    comparison = evaluate(
+    comparison = clock.run(
+        "evaluate",
+        evaluate,
         tiles_dir,
         config,
         out_dir / "evaluate",
@@ -61,7 +113,7 @@ def run_demo(out_dir: str | Path, seed: int = 0) -> str:
     manifest = read_tile_manifest(tiles_dir)
     test_sites = sorted(set(manifest.loc[manifest["split"] == "test", "site"]))
     held_out = [o for o in synth.orthos if o.stem in test_sites] or synth.orthos[-1:]
-    maps = map_orthos(held_out, out_dir / "run", out_dir / "maps")
+    maps = clock.run("map", map_orthos, held_out, out_dir / "run", out_dir / "maps")
     html = [p for m in maps.maps for k, p in m.outputs.items() if k == "html"]
     test_metrics = run.test or {}
     accuracy = test_metrics.get("balanced_accuracy", test_metrics.get("accuracy"))
@@ -74,6 +126,7 @@ def run_demo(out_dir: str | Path, seed: int = 0) -> str:
         run.summary(),
         comparison.summary(),
         maps.summary(),
+        clock.summary(),
         f"Held-out ({', '.join(test_sites)}) balanced accuracy: "
         + (f"{accuracy:.2f}" if isinstance(accuracy, float) else "n/a"),
         f"Outputs ({len(files)} files; tile and synthetic images not listed):",
