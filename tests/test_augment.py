@@ -13,8 +13,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from spurge.augment import SYNTHETIC_COLUMNS, TokenSettings, augment, load_tokens
+from spurge.augment import run as run_module
 from spurge.augment.generate import BatchSampler
-from spurge.augment.models import build_clip_tokenizer, load_model
+from spurge.augment.models import build_clip_tokenizer, default_dtype, load_model, resolve_device
 from spurge.augment.store import read_synthetic_manifest, synthetic_image_path
 from spurge.cli import cli
 from spurge.errors import ConfigError, ManifestError, ModelError
@@ -322,7 +323,7 @@ def test_bad_parameters(store, tmp_path):
         augment(tiles, config, tmp_path / "o", **{**FAST, "model": str(empty_model)})
 
 
-def test_clip_filter(store, tmp_path):
+def test_clip_filter(store, tmp_path, monkeypatch):
     _, tiles, config, _ = store
     from spurge.augment.filters import build_tiny_clip
 
@@ -336,8 +337,59 @@ def test_clip_filter(store, tmp_path):
     assert len(read_synthetic_manifest(tmp_path / "drop")) == 0
     again = augment(tiles, config, tmp_path / "drop", clip_threshold=1.0, **common)
     assert again.generated == 0 and again.rejected_now == 0 and not again.model_loaded
+    # CLIP scores on the generation device (it ran on the CPU even when generating on CUDA).
+    devices = []
+    real_clip = run_module.ClipFilter
+
+    def spy(*args, **kwargs):
+        devices.append(torch.device(kwargs.get("device", "cpu")))
+        return real_clip(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "ClipFilter", spy)
+    augment(tiles, config, tmp_path / "dev", clip_threshold=-1.0, device="cpu", **common)
+    assert devices == [torch.device("cpu")]
+    monkeypatch.undo()
     with pytest.raises(ModelError, match="CLIP model"):
         augment(tiles, config, tmp_path / "x", **{**common, "clip_model": str(tmp_path / "no")})
+
+
+def test_device_and_dtype_selection(monkeypatch):
+    """auto -> CUDA in fp16 when a GPU is there, else CPU in float32 (no GPU needed)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device(None) == torch.device("cuda")
+    assert default_dtype(resolve_device("auto")) == torch.float16
+    assert default_dtype(resolve_device("cuda:0")) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert default_dtype(resolve_device("auto")) == torch.float32
+    with pytest.raises(ModelError, match="CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.raises(ModelError, match="unknown device"):
+        resolve_device("gpu0")
+
+
+def test_tiny_random_half_precision_cast_is_quiet():
+    """The fp16 cast CUDA runs do, on the CPU: every module in fp16, no spurious warning."""
+    import logging
+
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("diffusers")
+    logger.addHandler(handler)
+    try:
+        loaded = load_model("tiny-random", device="cpu", dtype=torch.float16)
+    finally:
+        logger.removeHandler(handler)
+    pipe = loaded.pipe
+    assert loaded.dtype == pipe.unet.dtype == pipe.vae.dtype == torch.float16
+    assert pipe.text_encoder.dtype == torch.float16
+    assert not [r for r in records if "kept in float32" in r.getMessage()]
+    assert diffusers_logging.get_verbosity() == verbosity
 
 
 def test_local_diffusers_folder_loads_and_hashes(tmp_path):

@@ -349,7 +349,17 @@ def load_model(
         pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(torch_device)
     if model == TINY_RANDOM and torch_dtype != torch.float32:
-        pipe = pipe.to(dtype=torch_dtype)  # checkpoints were already loaded in torch_dtype
+        # Checkpoints were already loaded in torch_dtype. Casting with to() makes diffusers
+        # warn about modules "to keep in float32" even when it lists none (the tiny UNet and
+        # VAE have none), twice per CUDA run; silence that false alarm only.
+        from diffusers.utils import logging as diffusers_logging
+
+        verbosity = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()
+        try:
+            pipe = pipe.to(dtype=torch_dtype)
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
     return LoadedModel(
         pipe=pipe,
         model_id=model_id,

@@ -24,7 +24,13 @@ from spurge.augment.generate import (
     class_phrase,
     plan_images,
 )
-from spurge.augment.models import DEFAULT_MODEL, LazyModel, LoadedModel, sampler_name
+from spurge.augment.models import (
+    DEFAULT_MODEL,
+    LazyModel,
+    LoadedModel,
+    resolve_device,
+    sampler_name,
+)
 from spurge.augment.store import (
     IMAGES_DIR,
     SYNTHETIC_MANIFEST,
@@ -239,6 +245,7 @@ def augment(
         clip = ClipFilter(
             clip_model or DEFAULT_CLIP_MODEL,
             DEFAULT_CLIP_THRESHOLD if clip_threshold is None else clip_threshold,
+            device=lazy.device if isinstance(model, LoadedModel) else resolve_device(device),
         )
         filter_id = clip.identity
     rejected_ids = (
