@@ -357,7 +357,7 @@ def test_threshold_cell_count_matches_area(mapped, synth):
     native = gpd.read_file(out / f"{name}.gpkg", layer="presence")
     cell_area = (STRIDE * GSD) ** 2
     assert native["area_m2"].sum() == pytest.approx((presence == 1).sum() * cell_area)
-    assert math.isclose(native.unary_union.area, native.area.sum(), rel_tol=1e-9)
+    assert math.isclose(native.union_all().area, native.area.sum(), rel_tol=1e-9)
     assert box(*native.total_bounds).area > 0
 
 

@@ -325,7 +325,7 @@ def load_model(
             if path.is_file():
                 pipe = StableDiffusionImg2ImgPipeline.from_single_file(
                     str(path),
-                    torch_dtype=torch_dtype,
+                    dtype=torch_dtype,
                     safety_checker=None,
                     local_files_only=True,
                 )
@@ -333,7 +333,7 @@ def load_model(
                 folder = path if path.is_dir() else _hub_snapshot(model)
                 pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
                     str(folder),
-                    torch_dtype=torch_dtype,
+                    dtype=torch_dtype,
                     safety_checker=None,
                     requires_safety_checker=False,
                     local_files_only=True,
