@@ -84,7 +84,7 @@ def run_demo(
         method="da-fusion",
         model=model,
         seed=seed,
-        device=device or "auto",
+        device=device,
         **generation,
     )
     run = clock.run(

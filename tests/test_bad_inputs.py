@@ -15,7 +15,6 @@ finishes with exactly what an uninterrupted run writes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -44,7 +43,7 @@ from spurge.classifier import ModelCard, build_classifier, save_model
 from spurge.cli import cli
 from spurge.config import SpeciesConfig
 from spurge.errors import SpurgeError
-from spurge.io.atomic import TMP_PREFIX
+from spurge.io.atomic import TMP_PREFIX, sha256_file
 from spurge.io.raster import BandScaling
 from spurge.mapping.run import CHECKPOINT_PREFIX
 from tests import test_augment_fixtures, train_support
@@ -305,7 +304,7 @@ def checksums(paths: list[Path]) -> dict[str, str]:
     files = sorted(
         {f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()}
     )
-    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    return {str(f): sha256_file(f) for f in files}
 
 
 def leftover_temporaries(folder: Path) -> list[Path]:

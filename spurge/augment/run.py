@@ -245,7 +245,7 @@ def augment(
         clip = ClipFilter(
             clip_model or DEFAULT_CLIP_MODEL,
             DEFAULT_CLIP_THRESHOLD if clip_threshold is None else clip_threshold,
-            device=lazy.device if isinstance(model, LoadedModel) else resolve_device(device),
+            device=resolve_device(lazy.device),
         )
         filter_id = clip.identity
     rejected_ids = (
