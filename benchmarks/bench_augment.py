@@ -33,7 +33,7 @@ from spurge.augment.generate import GenerationSettings, plan_images, reference_g
 from spurge.augment.models import load_model
 from spurge.augment.textual_inversion import labelled_train_tiles
 from spurge.config import SpeciesConfig
-from spurge.io.manifest import write_tile_manifest
+from spurge.io.tiles import write_tile_manifest
 
 
 def make_tiles(folder: Path, n: int, size: int = 64) -> Path:

@@ -25,7 +25,7 @@ import rasterio
 from PIL import Image
 
 from spurge.config import SpeciesConfig
-from spurge.io.manifest import read_tile_manifest
+from spurge.io.tiles import read_tile_manifest
 from spurge.synthetic import synthesize
 from spurge.tiling import PNG_COMPRESS_LEVEL, tile_grid, tile_plots
 

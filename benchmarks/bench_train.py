@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from spurge.classifier import build_classifier
 from spurge.config import SpeciesConfig, load_config
-from spurge.io.manifest import write_tile_manifest
+from spurge.io.tiles import write_tile_manifest
 from spurge.synthetic import synthesize
 from spurge.train import FewShotDataset, normalise, train
 
@@ -87,7 +87,7 @@ def throughput(tiles_dir: Path, backbone: str, steps: int, batch: int) -> tuple[
     """(pipeline images/s, pre-loaded images/s) for full fine-tuning."""
     import pandas as pd
 
-    from spurge.io.manifest import read_tile_manifest, tile_image_path
+    from spurge.io.tiles import read_tile_manifest, tile_image_path
 
     tiles = pd.DataFrame(read_tile_manifest(tiles_dir)).head(32)  # a 16-shot set
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from spurge import __version__
-from spurge.errors import NotImplementedYetError, SpurgeError
+from spurge.errors import SpurgeError
 
 CONFIG_HELP = "Species config: a YAML file, or the name of one in configs/ (e.g. leafy_spurge)."
 
@@ -59,10 +59,6 @@ def cli(debug: bool) -> None:
     held-out sites, and `spurge map` writes presence maps for QGIS and the browser.
     `spurge demo` runs everything on a synthetic orthomosaic.
     """
-
-
-def _not_implemented(stage: str, issue: str) -> None:
-    raise NotImplementedYetError(f"`spurge {stage}` is not implemented yet ({issue})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -799,7 +795,7 @@ def demo(out_dir: Path, seed: int, model: str, device: str | None) -> None:
 )
 def verify(manifest: Path, root: Path | None, record: bool) -> None:
     """Check a local copy of a data set against its data_manifest/ YAML (sha256 of each file)."""
-    from spurge.io.datasets import record_checksums, verify_dataset
+    from spurge.io.data_manifest import record_checksums, verify_dataset
 
     if record:
         added = record_checksums(manifest, root if root is not None else manifest.parent)

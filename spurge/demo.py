@@ -10,7 +10,7 @@ from typing import TypeVar
 from spurge.augment import TINY_RANDOM, TokenSettings, augment
 from spurge.config import load_config
 from spurge.evaluate import evaluate
-from spurge.io.manifest import read_tile_manifest
+from spurge.io.tiles import read_tile_manifest
 from spurge.mapping import map_orthos
 from spurge.synthetic import synthesize
 from spurge.tiling import tile_plots

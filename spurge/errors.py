@@ -46,5 +46,15 @@ class OutputError(SpurgeError):
     """An output location that cannot be written."""
 
 
-class NotImplementedYetError(SpurgeError):
-    """A stage whose implementation has not landed yet."""
+class DeviceError(SpurgeError):
+    """A compute device (``--device``) that this machine does not have."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.param = "device"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and its message with all whitespace squashed."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -25,7 +25,7 @@ from spurge.classifier import load_card
 from spurge.config import SpeciesConfig
 from spurge.errors import ManifestError, SpurgeError
 from spurge.io.atomic import atomic_path, ensure_writable_dir, write_text_atomic
-from spurge.io.manifest import manifest_path
+from spurge.io.tiles import manifest_path
 from spurge.train import METRICS, SYNTHETIC_MANIFEST, load_labelled_tiles, train
 
 #: Methods that need no synthetic store.

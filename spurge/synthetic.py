@@ -26,7 +26,7 @@ from tqdm import tqdm
 from spurge.config import SpeciesConfig
 from spurge.errors import SpurgeError
 from spurge.io.atomic import atomic_path, ensure_writable_dir
-from spurge.io.datasets import write_dataset_manifest
+from spurge.io.data_manifest import write_dataset_manifest
 
 SYNTH_CRS = "EPSG:32612"
 #: Top-left corner of site 0 in UTM 12N metres (western Montana); sites lie 2 km apart.

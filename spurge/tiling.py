@@ -3,7 +3,7 @@
 ``tile_plots`` cuts each field plot out of the orthomosaic that covers it completely, as one
 tile or 2 x 2 quarter tiles of ``config.tile_size_px``; ``tile_grid`` cuts an unlabelled
 grid over whole orthomosaics. Both write 8-bit RGB PNGs and ``tiles.parquet`` (see
-:mod:`spurge.io.manifest`) plus ``sources.json``, which records each orthomosaic's checksum
+:mod:`spurge.io.tiles`) plus ``sources.json``, which records each orthomosaic's checksum
 and 8-bit band scaling so that ``spurge map`` reads pixels exactly as the tiles were made.
 
 Snapping rule (documented in docs/tile.md). Windows are whole ortho pixels:
@@ -54,7 +54,6 @@ from spurge.io.atomic import (
     temporary_sibling,
     write_text_atomic,
 )
-from spurge.io.manifest import TILE_COLUMNS, manifest_path, write_tile_manifest
 from spurge.io.raster import (
     BandScaling,
     check_bands,
@@ -63,6 +62,7 @@ from spurge.io.raster import (
     pixel_size_m,
     read_window_rgb8,
 )
+from spurge.io.tiles import TILE_COLUMNS, manifest_path, write_tile_manifest
 from spurge.io.vector import plots_in_crs, read_plots
 
 SOURCES_FILE = "sources.json"

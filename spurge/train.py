@@ -35,6 +35,7 @@ from spurge.classifier import (
     save_model,
 )
 from spurge.config import SpeciesConfig
+from spurge.device import resolve_device
 from spurge.errors import ManifestError, SpurgeError
 from spurge.io.atomic import (
     atomic_path,
@@ -43,10 +44,10 @@ from spurge.io.atomic import (
     sha256_file,
     write_text_atomic,
 )
-from spurge.io.manifest import manifest_path, read_tile_manifest, tile_image_path
+from spurge.io.synthetic import SYNTHETIC_MANIFEST, read_synthetic_manifest
+from spurge.io.table import table_path
+from spurge.io.tiles import manifest_path, read_tile_manifest, tile_image_path
 
-SYNTHETIC_MANIFEST = "synthetic.parquet"
-SYNTHETIC_COLUMNS = ("image_id", "path", "label", "source_tile_id", "method")
 METRICS = "metrics.json"
 CURVE = "training_curve.png"
 Mode = Literal["linear", "finetune"]
@@ -114,31 +115,8 @@ def read_synthetic_store(
     synthetic_dir: str | Path, tiles: pd.DataFrame, config: SpeciesConfig
 ) -> pd.DataFrame:
     """Read ``synthetic.parquet`` and check it was built from these tiles with this config."""
-    synthetic_dir = Path(synthetic_dir)
-    path = (
-        synthetic_dir
-        if synthetic_dir.suffix == ".parquet"
-        else (synthetic_dir / SYNTHETIC_MANIFEST)
-    )
-    if not path.is_file():
-        raise ManifestError("no synthetic store here; run `spurge augment` first", path)
-    try:
-        store = pd.read_parquet(path)
-        import pyarrow.parquet as pq
-
-        meta = pq.read_schema(path).metadata or {}
-    except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
-        raise ManifestError(f"cannot read synthetic store ({type(exc).__name__})", path) from exc
-    missing = [c for c in SYNTHETIC_COLUMNS if c not in store.columns]
-    if missing:
-        raise ManifestError(f"not a spurge synthetic store: missing columns {missing}", path)
-    fingerprint = meta.get(b"config_fingerprint")
-    if fingerprint is not None and fingerprint.decode() != config.fingerprint():
-        raise ManifestError(
-            "synthetic store was made with another species config "
-            f"(fingerprint {fingerprint.decode()}, this config {config.fingerprint()})",
-            path,
-        )
+    store = read_synthetic_manifest(synthetic_dir, config_fingerprint=config.fingerprint())
+    path = table_path(synthetic_dir, SYNTHETIC_MANIFEST)
     unknown_labels = sorted(set(store["label"].dropna()) - set(config.class_names))
     if unknown_labels:
         raise ManifestError(
@@ -399,20 +377,6 @@ def _warn(message: str, collected: list[str]) -> None:
     collected.append(message)
 
 
-def _resolve_device(device: str | None) -> torch.device:
-    if device:
-        try:
-            resolved = torch.device(device)
-        except RuntimeError as exc:
-            raise SpurgeError(
-                f"--device {device!r} is not a torch device (cpu, cuda, ...)"
-            ) from exc
-        if resolved.type == "cuda" and not torch.cuda.is_available():
-            raise SpurgeError(f"--device {device}: no CUDA GPU is available here")
-        return resolved
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class _Evaluator:
     """Predicts a fixed split; with a frozen backbone its features are computed only once."""
 
@@ -523,7 +487,7 @@ def train(
             )
 
     torch.manual_seed(seed)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     model, spec = build_classifier(backbone, len(config.class_names), pretrained=pretrained)
     model.to(dev)
     frozen = mode == "linear"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from spurge.config import SpeciesConfig
+from tests.builders import tiny_config as make_tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,26 +34,6 @@ def testdata() -> Path:
     if not TESTDATA.is_dir():
         pytest.skip("../shared/testdata is not available")
     return TESTDATA
-
-
-def make_tiny_config(**overrides: object) -> SpeciesConfig:
-    """A leafy-spurge-like config with 32 px tiles at 5 cm: plots of 2 x 2 quarters (64 px),
-    fast to test. ``overrides`` replace any key, e.g. ``make_tiny_config(bands=[1, 2, 4])``."""
-    values: dict[str, object] = {
-        "species": "tiny spurge",
-        "classes": [
-            {"name": "absent", "initializer": "grassland"},
-            {"name": "present", "initializer": "flowers"},
-        ],
-        "positive_class": "present",
-        "context_prompts": ["grassland", "snow", "mountain"],
-        "plot_size_m": 3.2,
-        "tile_size_px": 32,
-        "quarters": True,
-        "gsd_m": 0.05,
-    }
-    values.update(overrides)
-    return SpeciesConfig.model_validate(values)
 
 
 @pytest.fixture

@@ -3,12 +3,12 @@
 from spurge.augment.generate import DEFAULT_STRENGTHS, METHODS, GenerationSettings
 from spurge.augment.models import DEFAULT_MODEL, TINY_RANDOM, load_model
 from spurge.augment.run import AugmentResult, augment
-from spurge.augment.store import (
+from spurge.augment.textual_inversion import TokenResult, TokenSettings, load_tokens, train_tokens
+from spurge.io.synthetic import (
     SYNTHETIC_COLUMNS,
     read_synthetic_manifest,
     synthetic_image_path,
 )
-from spurge.augment.textual_inversion import TokenResult, TokenSettings, load_tokens, train_tokens
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 
 from spurge.augment.models import LoadedModel
-from spurge.augment.store import image_relpath
 from spurge.config import SpeciesConfig
 from spurge.errors import ConfigError, ManifestError, ModelError
-from spurge.io.manifest import tile_image_path
+from spurge.io.synthetic import image_relpath
+from spurge.io.tiles import tile_image_path
 
 METHODS = ("da-fusion", "textual-inversion", "real-guidance")
 TOKEN_METHODS = ("da-fusion", "textual-inversion")

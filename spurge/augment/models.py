@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from spurge.device import resolve_device
 from spurge.errors import ModelError
 from spurge.io.atomic import atomic_path, sha256_file, write_text_atomic
 
@@ -43,19 +44,6 @@ class LoadedModel:
         """Side in pixels of the images the UNet was trained for (512 for SD 1.x)."""
         pipe = self.pipe
         return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
-
-
-def resolve_device(device: str | None = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ModelError(f"unknown device {device!r}") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} requested but CUDA is not available")
-    return resolved
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

@@ -28,18 +28,7 @@ from spurge.augment.models import (
     DEFAULT_MODEL,
     LazyModel,
     LoadedModel,
-    resolve_device,
     sampler_name,
-)
-from spurge.augment.store import (
-    IMAGES_DIR,
-    SYNTHETIC_MANIFEST,
-    empty_synthetic_frame,
-    read_rejected,
-    read_synthetic_manifest,
-    synthetic_image_path,
-    write_rejected,
-    write_synthetic_manifest,
 )
 from spurge.augment.textual_inversion import (
     TOKENS_DIR,
@@ -51,8 +40,19 @@ from spurge.augment.textual_inversion import (
     train_tokens,
 )
 from spurge.config import SpeciesConfig
+from spurge.device import resolve_device
 from spurge.errors import ConfigError, ModelError
 from spurge.io.atomic import atomic_path, ensure_writable_dir, remove_stale_temporaries, sha256_file
+from spurge.io.synthetic import (
+    IMAGES_DIR,
+    SYNTHETIC_MANIFEST,
+    empty_synthetic_frame,
+    read_rejected,
+    read_synthetic_manifest,
+    synthetic_image_path,
+    write_rejected,
+    write_synthetic_manifest,
+)
 
 #: Seconds between manifest flushes during generation (the images are the truth on resume).
 FLUSH_SECONDS = 10.0
@@ -268,7 +268,7 @@ def augment(
 
     def flush() -> None:
         kept = [i for i in items if i.image_id in done_ids]
-        write_synthetic_manifest(_rows(kept, lazy), out_dir)
+        write_synthetic_manifest(_rows(kept, lazy), out_dir, config.fingerprint())
         if new_rejections:
             write_rejected(pd.concat([rejected, pd.DataFrame(new_rejections)]), out_dir)
 
@@ -314,7 +314,7 @@ def augment(
             flush()  # also on interruption: the manifest lists what is on disk
     kept_rows = _rows([i for i in items if i.image_id in done_ids], lazy)
     if _manifest_changed(kept_rows, out_dir):
-        write_synthetic_manifest(kept_rows, out_dir)
+        write_synthetic_manifest(kept_rows, out_dir, config.fingerprint())
     all_rejected = len(rejected_ids) + len(new_rejections)
     return AugmentResult(
         out_dir=out_dir,

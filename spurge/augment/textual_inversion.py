@@ -24,7 +24,7 @@ from spurge.augment.models import LazyModel, LoadedModel
 from spurge.config import SpeciesConfig
 from spurge.errors import ManifestError, ModelError
 from spurge.io.atomic import atomic_path, ensure_writable_dir, sha256_file
-from spurge.io.manifest import read_tile_manifest, tile_image_path
+from spurge.io.tiles import read_tile_manifest, tile_image_path
 
 TOKENS_DIR = "tokens"
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from spurge.cli import cli
-from spurge.io.manifest import read_tile_manifest, tile_image_path
+from spurge.io.tiles import read_tile_manifest, tile_image_path
 
 # Cheatgrass survey: whole-plot tiles (no quarters) of 48 px at 5 cm, so a plot is 2.4 m, and
 # field sheets whose columns are named `bromus`, `ranch` and `quadrat`.

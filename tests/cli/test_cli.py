@@ -52,7 +52,7 @@ def test_bad_option_value_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_synth_then_verify_from_cli(tmp_path: Path) -> None:
-    config = Path(__file__).resolve().parents[1] / "configs" / "leafy_spurge.yaml"
+    config = Path(__file__).resolve().parents[2] / "configs" / "leafy_spurge.yaml"
     out = tmp_path / "syn"
     result = run(
         "synth",

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import make_tiny_config
 from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.windows import Window
@@ -19,7 +18,7 @@ from shapely.geometry import Point, box
 from spurge.cli import cli
 from spurge.config import SpeciesConfig
 from spurge.errors import RasterError, VectorError
-from spurge.io.manifest import read_tile_manifest, tile_image_path
+from spurge.io.tiles import read_tile_manifest, tile_image_path
 from spurge.synthetic import synthesize
 from spurge.tiling import (
     load_sources,
@@ -29,6 +28,7 @@ from spurge.tiling import (
     tile_grid,
     tile_plots,
 )
+from tests.builders import tiny_config as make_tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
-from train_support import make_synthetic_store, make_tiles, tiny_config
 
 from spurge.classifier import BACKBONES, BackboneSpec, load_model, predict_proba, register_backbone
 from spurge.cli import cli
@@ -23,6 +22,8 @@ from spurge.train import (
     sample_few_shot,
     train,
 )
+from tests.builders import make_site_tiles as make_tiles
+from tests.builders import make_synthetic_store, tiny_config
 
 FAST = {
     "backbone": "random-small",
@@ -97,14 +98,14 @@ def test_learns_easy_tiles_and_writes_a_full_run(tiles_dir, config, tmp_path):
     assert metrics["val"]["n"] == 24 and metrics["n_train"] == 16
     card = json.loads((run / "model.json").read_text())
     assert card["tile_size_m"] == pytest.approx(32 * 0.05)
-    assert card["config"]["species"] == "test spurge"
+    assert card["config"]["species"] == "leafy spurge"
     assert card["data_hashes"]["config_fingerprint"] == config.fingerprint()
     assert len(card["data_hashes"]["tiles_manifest_sha256"]) == 64
     assert card["training"]["shots"] == 8 and card["mode"] == "finetune"
     # The run loads through the map stage's entry points and predicts like training did.
     model, loaded = load_model(run)
     assert loaded.class_names == ["absent", "present"]
-    from train_support import toy_tile
+    from tests.builders import toy_tile
 
     rng = np.random.default_rng(9)
     images = np.stack([toy_tile("present", rng), toy_tile("absent", rng)])
@@ -193,11 +194,11 @@ def test_synthetic_store_from_other_tiles_or_config_is_refused(tiles_dir, config
         tmp_path / "cfg",
         tiles_dir,
         per_tile=1,
-        metadata={b"config_fingerprint": b"0123456789abcdef"},
+        config_fingerprint="0123456789abcdef",
     )
     with pytest.raises(ManifestError, match="another species config"):
         train(tiles_dir, config, tmp_path / "r2", shots=4, synthetic_dir=wrong_config, **FAST)
-    with pytest.raises(ManifestError, match="no synthetic store"):
+    with pytest.raises(ManifestError, match="no synthetic manifest"):
         train(tiles_dir, config, tmp_path / "r3", shots=4, synthetic_dir=tmp_path, **FAST)
 
 
@@ -278,7 +279,15 @@ def test_feature_cache_matches_the_backbone_and_skips_known_keys():
 def test_bad_device_and_options_are_one_line_errors(tiles_dir, config, tmp_path):
     from spurge.errors import SpurgeError
 
-    with pytest.raises(SpurgeError, match="not a torch device"):
+    with pytest.raises(SpurgeError, match="unknown device .gpu."):
         train(tiles_dir, config, tmp_path / "r", shots=1, device="gpu", **FAST)
     with pytest.raises(SpurgeError, match="synthetic-prob"):
         train(tiles_dir, config, tmp_path / "r", shots=1, synthetic_prob=1.5, **FAST)
+
+
+def test_device_auto_trains_on_the_machine_it_has(tiles_dir, config, tmp_path, monkeypatch):
+    """`train --device auto` resolves through the shared resolver (it used to fail)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = train(tiles_dir, config, tmp_path / "auto", shots=1, device="auto", **FAST)
+    assert (result.run_dir / "metrics.json").is_file()
+    assert result.test is not None

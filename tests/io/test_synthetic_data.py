@@ -11,7 +11,7 @@ from shapely.geometry import box
 
 from spurge.config import SpeciesConfig
 from spurge.errors import SpurgeError
-from spurge.io.datasets import verify_dataset
+from spurge.io.data_manifest import verify_dataset
 from spurge.synthetic import (
     ORIGIN_EASTING,
     ORIGIN_NORTHING,

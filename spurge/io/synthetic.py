@@ -20,6 +20,7 @@ import pandas as pd
 
 from spurge.errors import ManifestError
 from spurge.io.atomic import atomic_path
+from spurge.io.table import read_table, table_path, write_table
 
 SYNTHETIC_MANIFEST = "synthetic.parquet"
 REJECTED_MANIFEST = "rejected.parquet"
@@ -54,44 +55,46 @@ def empty_synthetic_frame() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=d) for c, d in SYNTHETIC_COLUMNS.items()})
 
 
-def _store_path(store_dir: str | Path, name: str) -> Path:
-    store_dir = Path(store_dir)
-    return store_dir if store_dir.suffix == ".parquet" else store_dir / name
+def write_synthetic_manifest(
+    rows: pd.DataFrame, store_dir: str | Path, config_fingerprint: str | None = None
+) -> Path:
+    """Validate and write ``synthetic.parquet`` atomically, sorted by ``image_id``.
 
-
-def write_synthetic_manifest(rows: pd.DataFrame, store_dir: str | Path) -> Path:
-    """Validate and write ``synthetic.parquet`` atomically, sorted by ``image_id``."""
-    path = _store_path(store_dir, SYNTHETIC_MANIFEST)
-    missing = [c for c in SYNTHETIC_COLUMNS if c not in rows.columns]
-    if missing:
-        raise ManifestError(f"synthetic manifest lacks columns {missing}", path)
+    ``config_fingerprint`` (the species config's) goes into the Parquet metadata, so that
+    ``spurge train`` can refuse a store made for another species config.
+    """
+    path = table_path(store_dir, SYNTHETIC_MANIFEST)
     if rows["image_id"].duplicated().any():
         raise ManifestError("duplicate image_id values", path)
-    ordered = rows[list(SYNTHETIC_COLUMNS)].astype(SYNTHETIC_COLUMNS)
-    ordered = ordered.sort_values("image_id", kind="stable").reset_index(drop=True)
-    with atomic_path(path) as tmp:
-        ordered.to_parquet(tmp, index=False)
-    return path
+    return write_table(
+        rows,
+        path,
+        SYNTHETIC_COLUMNS,
+        kind="synthetic manifest",
+        fingerprint=config_fingerprint,
+        sort_by="image_id",
+    )
 
 
-def read_synthetic_manifest(store_dir: str | Path) -> pd.DataFrame:
-    """Read ``synthetic.parquet`` with its schema checked; ``path`` stays relative."""
-    path = _store_path(store_dir, SYNTHETIC_MANIFEST)
-    if not path.is_file():
-        raise ManifestError("no synthetic manifest here; run `spurge augment` first", path)
-    try:
-        rows = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
-        raise ManifestError(f"cannot read synthetic manifest ({type(exc).__name__})", path) from exc
-    missing = [c for c in SYNTHETIC_COLUMNS if c not in rows.columns]
-    if missing:
-        raise ManifestError(f"not a spurge synthetic manifest: missing columns {missing}", path)
-    return rows.astype(SYNTHETIC_COLUMNS)
+def read_synthetic_manifest(
+    store_dir: str | Path, config_fingerprint: str | None = None
+) -> pd.DataFrame:
+    """Read ``synthetic.parquet`` with its schema checked; ``path`` stays relative.
+
+    With ``config_fingerprint``, a store recorded with another config is refused.
+    """
+    return read_table(
+        table_path(store_dir, SYNTHETIC_MANIFEST),
+        SYNTHETIC_COLUMNS,
+        kind="synthetic manifest",
+        missing_hint="run `spurge augment` first",
+        fingerprint=config_fingerprint,
+    )
 
 
 def synthetic_image_path(store_dir: str | Path, relative: str) -> Path:
     """Absolute path of an image listed in ``synthetic.parquet``."""
-    return _store_path(store_dir, SYNTHETIC_MANIFEST).parent / relative
+    return table_path(store_dir, SYNTHETIC_MANIFEST).parent / relative
 
 
 def read_rejected(store_dir: str | Path) -> pd.DataFrame:

@@ -109,7 +109,7 @@ def test_dinov2_without_local_weights_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def _card(backbone: str, spec) -> ModelCard:
-    from train_support import tiny_config
+    from tests.builders import tiny_config
 
     return ModelCard.for_classifier(backbone, spec, tiny_config())
 

@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import make_tiny_config
-from map_support import GSD, TILE_PX, make_model
 from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 from scipy import ndimage
@@ -28,6 +26,9 @@ from spurge.errors import ModelError, OutputError, RasterError
 from spurge.mapping import GsdWarning, map_orthos
 from spurge.mapping import run as map_run
 from spurge.synthetic import synthesize
+from tests.builders import GSD, TILE_PX
+from tests.builders import make_colour_model as make_model
+from tests.builders import tiny_config as make_tiny_config
 
 SIZE_PX = 320
 STRIDE = TILE_PX // 2

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import geopandas as gpd
 import pytest
-from conftest import make_tiny_config
 from shapely.geometry import Point
 
 from spurge.config import SpeciesConfig
 from spurge.errors import VectorError
 from spurge.io.vector import parse_crs, plots_in_crs, read_plots
+from tests.builders import tiny_config as make_tiny_config
 
 
 def test_csv_with_xy_columns(tmp_path) -> None:

@@ -15,12 +15,14 @@ from safetensors.torch import load_file, save_file
 from spurge.augment import SYNTHETIC_COLUMNS, TokenSettings, augment, load_tokens
 from spurge.augment import run as run_module
 from spurge.augment.generate import BatchSampler
-from spurge.augment.models import build_clip_tokenizer, default_dtype, load_model, resolve_device
-from spurge.augment.store import read_synthetic_manifest, synthetic_image_path
+from spurge.augment.models import build_clip_tokenizer, default_dtype, load_model
 from spurge.cli import cli
-from spurge.errors import ConfigError, ManifestError, ModelError
+from spurge.device import resolve_device
+from spurge.errors import ConfigError, DeviceError, ManifestError, ModelError
+from spurge.io.synthetic import read_synthetic_manifest, synthetic_image_path
+from tests.builders import make_small_tiles as make_tiles
+from tests.builders import tiny_config
 from tests.conftest import TESTDATA
-from tests.test_augment_fixtures import make_tiles, tiny_config
 
 FAST = dict(model="tiny-random", steps=4, batch_size=4, progress=False)
 TOKENS = TokenSettings(steps=3, batch_size=2, seed=0)
@@ -283,7 +285,7 @@ def test_bad_tile_manifests(tmp_path):
     config = tiny_config()
     import geopandas as gpd
 
-    from spurge.io.manifest import empty_tile_frame, write_tile_manifest
+    from spurge.io.tiles import empty_tile_frame, write_tile_manifest
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -363,9 +365,9 @@ def test_device_and_dtype_selection(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
     assert default_dtype(resolve_device("auto")) == torch.float32
-    with pytest.raises(ModelError, match="CUDA is not available"):
+    with pytest.raises(DeviceError, match="CUDA is not available"):
         resolve_device("cuda")
-    with pytest.raises(ModelError, match="unknown device"):
+    with pytest.raises(DeviceError, match="unknown device"):
         resolve_device("gpu0")
 
 
@@ -427,8 +429,8 @@ def test_real_drone_tiles(tmp_path):
     from rasterio.windows import Window, bounds
     from shapely.geometry import box
 
-    from spurge.io.manifest import write_tile_manifest
     from spurge.io.raster import compute_scaling, open_ortho, read_window_rgb8
+    from spurge.io.tiles import write_tile_manifest
 
     tiles = tmp_path / "tiles"
     (tiles / "images").mkdir(parents=True)

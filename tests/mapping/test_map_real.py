@@ -18,8 +18,8 @@ from rio_cogeo.cogeo import cog_validate
 from spurge.cli import cli
 from spurge.errors import RasterError
 from spurge.mapping import map_orthos
+from tests.builders import make_colour_model as make_model
 from tests.conftest import TESTDATA
-from tests.test_map import make_model
 
 pytestmark = pytest.mark.skipif(not TESTDATA.is_dir(), reason="../shared/testdata not present")
 

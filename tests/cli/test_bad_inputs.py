@@ -46,7 +46,7 @@ from spurge.errors import SpurgeError
 from spurge.io.atomic import TMP_PREFIX, sha256_file
 from spurge.io.raster import BandScaling
 from spurge.mapping.run import CHECKPOINT_PREFIX
-from tests import test_augment_fixtures, train_support
+from tests import builders
 from tests.conftest import REPO_ROOT, TESTDATA, make_tiny_config
 
 # A 256 x 256 px orthomosaic at the tiny config's 5 cm GSD in UTM 12N: 12.8 m square,
@@ -271,9 +271,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         plots=_make_plots(root),
         configs=_make_configs(root),
         tiles={
-            "augment": test_augment_fixtures.make_tiles(root / "tiles_augment"),
-            "train": train_support.make_tiles(root / "tiles_train"),
-            "other_classes": train_support.make_tiles(
+            "augment": builders.make_small_tiles(root / "tiles_augment"),
+            "train": builders.make_site_tiles(root / "tiles_train"),
+            "other_classes": builders.make_site_tiles(
                 root / "tiles_other_classes", plots_per_class={"absent": 3, "thistle": 3}
             ),
         },

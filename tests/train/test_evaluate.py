@@ -6,11 +6,12 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
-from train_support import make_synthetic_store, make_tiles, tiny_config
 
 from spurge.cli import cli
 from spurge.errors import ManifestError, ModelError, SpurgeError
 from spurge.evaluate import evaluate, mean_ci95, parse_list
+from tests.builders import make_site_tiles as make_tiles
+from tests.builders import make_synthetic_store, tiny_config
 
 FAST = {"backbone": "random-small", "steps": 6, "batch_size": 8, "eval_every": 3}
 

@@ -21,7 +21,7 @@ from shapely.geometry import box
 
 from spurge.config import SpeciesConfig
 from spurge.errors import RasterError, VectorError
-from spurge.io.manifest import read_tile_manifest, tile_image_path
+from spurge.io.tiles import read_tile_manifest, tile_image_path
 from spurge.tiling import source_scaling, tile_grid, tile_plots
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_tiny_config
-from map_support import make_model
 from PIL import Image
 
 from spurge.cli import cli
 from spurge.mapping.writers import probability_palette
 from spurge.synthetic import synthesize
+from tests.builders import make_colour_model as make_model
+from tests.builders import tiny_config as make_tiny_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 WINDOW = (800, 600)

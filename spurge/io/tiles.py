@@ -12,7 +12,7 @@ import geopandas as gpd
 import pandas as pd
 
 from spurge.errors import ManifestError
-from spurge.io.atomic import atomic_path
+from spurge.io.table import read_table, table_path, write_table
 
 TILE_MANIFEST = "tiles.parquet"
 
@@ -38,11 +38,12 @@ SPLITS = ("train", "val", "test", "unlabelled")
 
 
 def manifest_path(tiles_dir: str | Path) -> Path:
-    tiles_dir = Path(tiles_dir)
-    return tiles_dir if tiles_dir.suffix == ".parquet" else tiles_dir / TILE_MANIFEST
+    """``tiles_dir/tiles.parquet`` (or ``tiles_dir`` itself when it names the file)."""
+    return table_path(tiles_dir, TILE_MANIFEST)
 
 
 def empty_tile_frame(crs: str | None = None) -> gpd.GeoDataFrame:
+    """A tile manifest with no rows (the schema's columns and dtypes)."""
     frame = pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in TILE_COLUMNS.items()})
     return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
 
@@ -50,31 +51,18 @@ def empty_tile_frame(crs: str | None = None) -> gpd.GeoDataFrame:
 def write_tile_manifest(tiles: gpd.GeoDataFrame, tiles_dir: str | Path) -> Path:
     """Validate and write ``tiles.parquet`` atomically."""
     path = manifest_path(tiles_dir)
-    missing = [c for c in TILE_COLUMNS if c not in tiles.columns]
-    if missing:
-        raise ManifestError(f"tile manifest lacks columns {missing}", path)
     if tiles["tile_id"].duplicated().any():
         dupes = tiles.loc[tiles["tile_id"].duplicated(), "tile_id"].head(3).tolist()
         raise ManifestError(f"duplicate tile_id values, e.g. {dupes}", path)
-    ordered = tiles[[*TILE_COLUMNS, "geometry"]].astype(TILE_COLUMNS)
-    ordered = gpd.GeoDataFrame(ordered, geometry="geometry", crs=tiles.crs)
-    with atomic_path(path) as tmp:
-        ordered.to_parquet(tmp, index=False)
-    return path
+    return write_table(tiles, path, TILE_COLUMNS, kind="tile manifest")
 
 
 def read_tile_manifest(tiles_dir: str | Path) -> gpd.GeoDataFrame:
     """Read ``tiles.parquet`` with its schema checked; ``path`` stays relative."""
     path = manifest_path(tiles_dir)
-    if not path.is_file():
-        raise ManifestError("no tile manifest here; run `spurge tile` first", path)
-    try:
-        tiles = gpd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
-        raise ManifestError(f"cannot read tile manifest ({type(exc).__name__})", path) from exc
-    missing = [c for c in TILE_COLUMNS if c not in tiles.columns]
-    if missing:
-        raise ManifestError(f"not a spurge tile manifest: missing columns {missing}", path)
+    tiles = read_table(
+        path, TILE_COLUMNS, kind="tile manifest", missing_hint="run `spurge tile` first", geo=True
+    )
     bad_splits = set(tiles["split"].dropna()) - set(SPLITS)
     if bad_splits:
         raise ManifestError(f"unknown split values {sorted(bad_splits)}", path)

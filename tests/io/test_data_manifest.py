@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from spurge.config import load_config
-from spurge.io.datasets import load_dataset_manifest, verify_dataset
+from spurge.io.data_manifest import load_dataset_manifest, verify_dataset
 from spurge.synthetic import synthesize
 
-MANIFESTS = Path(__file__).resolve().parents[1] / "data_manifest"
+MANIFESTS = Path(__file__).resolve().parents[2] / "data_manifest"
 
 
 def test_every_manifest_is_valid() -> None:
