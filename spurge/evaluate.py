@@ -26,7 +26,8 @@ from spurge.config import SpeciesConfig
 from spurge.errors import ManifestError, SpurgeError
 from spurge.io.atomic import atomic_path, ensure_writable_dir, write_text_atomic
 from spurge.io.tiles import manifest_path
-from spurge.train import METRICS, SYNTHETIC_MANIFEST, load_labelled_tiles, train
+from spurge.io.synthetic import SYNTHETIC_MANIFEST
+from spurge.train import METRICS, load_labelled_tiles, train
 
 #: Methods that need no synthetic store.
 BASELINES = {"none": {}, "randaugment": {"randaugment": True}}

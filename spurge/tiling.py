@@ -24,7 +24,6 @@ size differs from it, so at the configured GSD tile pixels are the orthomosaic's
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import re
@@ -52,7 +51,6 @@ from spurge.io.atomic import (
     remove_stale_temporaries,
     sha256_file,
     temporary_sibling,
-    write_text_atomic,
 )
 from spurge.io.raster import (
     BandScaling,
@@ -62,10 +60,10 @@ from spurge.io.raster import (
     pixel_size_m,
     read_window_rgb8,
 )
+from spurge.io.sources import SOURCES_FILE, Source, load_sources, source_scaling, write_sources
 from spurge.io.tiles import TILE_COLUMNS, manifest_path, write_tile_manifest
 from spurge.io.vector import plots_in_crs, read_plots
 
-SOURCES_FILE = "sources.json"
 IMAGES_DIR = "images"
 #: Threads encoding and writing PNGs while the main thread reads windows.
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
@@ -78,38 +76,6 @@ PNG_COMPRESS_LEVEL = 1
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Source:
-    """An orthomosaic as the tiler sees it: where it is, its grid and its 8-bit scaling."""
-
-    path: Path
-    site: str
-    sha256: str
-    crs: str
-    width: int
-    height: int
-    transform: Any
-    pixel_size_m: tuple[float, float]
-    scaling: BandScaling
-    size_bytes: int
-    mtime_ns: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "site": self.site,
-            "sha256": self.sha256,
-            "crs": self.crs,
-            "width": self.width,
-            "height": self.height,
-            "transform": list(self.transform)[:6],
-            "pixel_size_m": list(self.pixel_size_m),
-            "scaling": self.scaling.to_dict(),
-            "size_bytes": self.size_bytes,
-            "mtime_ns": self.mtime_ns,
-        }
-
-
 def _crs_text(crs: Any) -> str:
     epsg = crs.to_epsg()
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
@@ -118,24 +84,6 @@ def _crs_text(crs: Any) -> str:
 def _safe(name: str) -> str:
     """A file-name-safe version of a site or plot id (stable, readable)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip("-.") or "x"
-
-
-def load_sources(tiles_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """``sources.json`` of a tiles folder: ortho path -> checksum, grid, scaling, site."""
-    path = manifest_path(tiles_dir).parent / SOURCES_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return {entry["path"]: entry for entry in data["sources"]}
-    except (ValueError, KeyError, TypeError):
-        return {}
-
-
-def source_scaling(tiles_dir: str | Path, ortho: str | Path) -> BandScaling | None:
-    """The 8-bit band scaling ``spurge tile`` used for ``ortho`` (None if not tiled from it)."""
-    entry = load_sources(tiles_dir).get(str(Path(ortho).resolve()))
-    return None if entry is None else BandScaling.from_dict(entry["scaling"])
 
 
 def scan_sources(
@@ -510,18 +458,7 @@ def _write_outputs(
         result.manifest_written = False
     else:
         write_tile_manifest(frame, out_dir)
-    payload = {
-        "format": "spurge-tile-sources/1",
-        "config_fingerprint": config.fingerprint(),
-        "tile_size_px": config.tile_size_px,
-        "alpha_band": config.alpha_band,
-        "manifest_crs": crs,
-        "sources": [s.to_dict() for s in sources],
-    }
-    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    sources_path = out_dir / SOURCES_FILE
-    if not sources_path.is_file() or sources_path.read_text(encoding="utf-8") != text:
-        write_text_atomic(sources_path, text)
+    write_sources(out_dir, sources, config, crs)
     result.split_counts = dict(sorted(Counter(j.split for j in jobs).items()))
     result.label_counts = dict(sorted(Counter(j.label for j in jobs if j.label).items()))
     result.tiles = len(jobs)

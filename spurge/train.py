@@ -44,6 +44,7 @@ from spurge.io.atomic import (
     sha256_file,
     write_text_atomic,
 )
+from spurge.io.sources import check_tiles_config
 from spurge.io.synthetic import SYNTHETIC_MANIFEST, read_synthetic_manifest
 from spurge.io.table import table_path
 from spurge.io.tiles import manifest_path, read_tile_manifest, tile_image_path
@@ -64,6 +65,7 @@ class TrainingWarning(UserWarning):
 
 def load_labelled_tiles(tiles_dir: str | Path, config: SpeciesConfig) -> pd.DataFrame:
     """Labelled tiles of the manifest with their class index; labels must be config classes."""
+    check_tiles_config(tiles_dir, config)
     tiles = pd.DataFrame(read_tile_manifest(tiles_dir).drop(columns="geometry"))
     labelled = tiles[tiles["label"].notna() & (tiles["split"] != "unlabelled")].copy()
     unknown = sorted(set(labelled["label"]) - set(config.class_names))

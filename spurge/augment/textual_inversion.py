@@ -24,6 +24,7 @@ from spurge.augment.models import LazyModel, LoadedModel
 from spurge.config import SpeciesConfig
 from spurge.errors import ManifestError, ModelError
 from spurge.io.atomic import atomic_path, ensure_writable_dir, sha256_file
+from spurge.io.sources import check_tiles_config
 from spurge.io.tiles import read_tile_manifest, tile_image_path
 
 TOKENS_DIR = "tokens"
@@ -107,6 +108,7 @@ def token_path(tokens_dir: str | Path, class_name: str) -> Path:
 
 def labelled_train_tiles(tiles_dir: str | Path, config: SpeciesConfig):
     """Labelled ``train``-split rows of the tile manifest, checked for every class."""
+    check_tiles_config(tiles_dir, config)
     tiles = read_tile_manifest(tiles_dir)
     manifest = Path(tiles_dir)
     if len(tiles) == 0:

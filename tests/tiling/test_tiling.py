@@ -399,3 +399,21 @@ def test_cog_and_vrt_orthos_give_the_same_tiles(tmp_path, synth, config) -> None
                 read_png(tmp_path / f"tiles_{name}", ours),
                 read_png(tmp_path / "tiles_tif", theirs),
             )
+
+
+def test_train_and_augment_refuse_a_config_with_other_tile_geometry(tmp_path, synth, config):
+    """`tile --config A` then `train`/`augment --config B`: B's tile size must not reach the
+    model card (and so the map's window size); the mismatch is refused, naming sources.json."""
+    from spurge.augment.textual_inversion import labelled_train_tiles
+    from spurge.errors import ManifestError
+    from spurge.train import load_labelled_tiles
+
+    out = tmp_path / "tiles"
+    tile_plots(synth.orthos, synth.plots, config, out, progress=False)
+    other = config.model_copy(update={"tile_size_px": 2 * config.tile_size_px})
+    for reader in (load_labelled_tiles, labelled_train_tiles):
+        with pytest.raises(
+            ManifestError, match=r"sources\.json: .*tile_size_px 32 \(tiles\) vs 64"
+        ):
+            reader(out, other)
+        assert len(reader(out, config)) > 0
