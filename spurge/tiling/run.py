@@ -1,21 +1,11 @@
-"""Plots → windows → tiles, and grid tiling: the ``spurge tile`` stage.
+"""Running the ``spurge tile`` stage: scan orthomosaics, place plots, write tiles.
 
 ``tile_plots`` cuts each field plot out of the orthomosaic that covers it completely, as one
 tile or 2 x 2 quarter tiles of ``config.tile_size_px``; ``tile_grid`` cuts an unlabelled
 grid over whole orthomosaics. Both write 8-bit RGB PNGs and ``tiles.parquet`` (see
-:mod:`spurge.io.tiles`) plus ``sources.json``, which records each orthomosaic's checksum
-and 8-bit band scaling so that ``spurge map`` reads pixels exactly as the tiles were made.
-
-Snapping rule (documented in docs/tile.md). Windows are whole ortho pixels:
-
-* a point plot is an ``n_x x n_y`` block, ``n = round(plot_size_m / pixel_size_m)`` per axis
-  (rounded to an even number when quarters are on, so the quarters are equal); its top-left
-  pixel is ``floor(c - n / 2 + 0.5)`` where ``c`` is the centre's fractional pixel coordinate:
-  the block whose centre is nearest to the plot centre;
-* a polygon plot is the block between its bounding box's edges, each rounded to the nearest
-  pixel edge (one more column/row on the right/bottom if quarters need an even size);
-* a grid tile is ``round(tile_size_px * gsd_m / pixel_size_m)`` pixels per axis, from the
-  top-left corner, dropping partial tiles at the right and bottom edges.
+:mod:`spurge.io.tiles`) plus ``sources.json`` (:mod:`spurge.io.sources`), which records each
+orthomosaic's checksum and 8-bit band scaling. Windows come from
+:mod:`spurge.tiling.windows`, splits from :mod:`spurge.tiling.splits`.
 
 Each window (or quarter) is read with rasterio and resampled to ``tile_size_px`` only when its
 size differs from it, so at the configured GSD tile pixels are the orthomosaic's own pixels.
@@ -24,7 +14,6 @@ size differs from it, so at the configured GSD tile pixels are the orthomosaic's
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 from collections import Counter, deque
@@ -60,9 +49,17 @@ from spurge.io.raster import (
     pixel_size_m,
     read_window_rgb8,
 )
-from spurge.io.sources import SOURCES_FILE, Source, load_sources, source_scaling, write_sources
+from spurge.io.sources import SOURCES_FILE, Source, load_sources, write_sources
 from spurge.io.tiles import TILE_COLUMNS, manifest_path, write_tile_manifest
 from spurge.io.vector import plots_in_crs, read_plots
+from spurge.tiling.splits import assign_splits
+from spurge.tiling.windows import (
+    grid_windows,
+    inside,
+    quarter_windows,
+    snap_bounds_window,
+    snap_point_window,
+)
 
 IMAGES_DIR = "images"
 #: Threads encoding and writing PNGs while the main thread reads windows.
@@ -141,121 +138,6 @@ def scan_sources(
                 )
             )
     return sources
-
-
-# ---------------------------------------------------------------------------------------------
-# Windows
-# ---------------------------------------------------------------------------------------------
-
-
-def _pixels(size_m: float, pixel_m: float, even: bool) -> int:
-    n = size_m / pixel_m
-    if even:
-        return 2 * max(1, math.floor(n / 2 + 0.5))
-    return max(1, math.floor(n + 0.5))
-
-
-def snap_point_window(
-    x: float, y: float, transform: Any, pixel_m: tuple[float, float], size_m: float, even: bool
-) -> Window:
-    """The whole-pixel block of ``size_m`` whose centre is nearest to the point (x, y)."""
-    n_x, n_y = _pixels(size_m, pixel_m[0], even), _pixels(size_m, pixel_m[1], even)
-    col, row = ~transform @ (x, y)
-    return Window(math.floor(col - n_x / 2 + 0.5), math.floor(row - n_y / 2 + 0.5), n_x, n_y)
-
-
-def snap_bounds_window(
-    bounds: tuple[float, float, float, float], transform: Any, even: bool
-) -> Window:
-    """The whole-pixel block between ``bounds``' edges, each rounded to the nearest pixel edge."""
-    minx, miny, maxx, maxy = bounds
-    cols, rows = zip(~transform @ (minx, maxy), ~transform @ (maxx, miny), strict=True)
-    col0, col1 = (math.floor(c + 0.5) for c in sorted(cols))
-    row0, row1 = (math.floor(r + 0.5) for r in sorted(rows))
-    n_x, n_y = max(1, col1 - col0), max(1, row1 - row0)
-    if even:
-        n_x, n_y = n_x + n_x % 2, n_y + n_y % 2
-    return Window(col0, row0, n_x, n_y)
-
-
-def quarter_windows(window: Window) -> list[Window]:
-    """2 x 2 quarters in reading order: q0 top-left, q1 top-right, q2 bottom-left, q3."""
-    half_w, half_h = int(window.width) // 2, int(window.height) // 2
-    c0, r0 = int(window.col_off), int(window.row_off)
-    return [
-        Window(c0 + c * half_w, r0 + r * half_h, half_w, half_h) for r in (0, 1) for c in (0, 1)
-    ]
-
-
-def inside(window: Window, source: Source) -> bool:
-    return (
-        window.col_off >= 0
-        and window.row_off >= 0
-        and window.col_off + window.width <= source.width
-        and window.row_off + window.height <= source.height
-    )
-
-
-def grid_windows(source: Source, config: SpeciesConfig) -> list[Window]:
-    """Non-overlapping windows of one tile's ground size; partial edge tiles dropped."""
-    size_m = config.tile_size_px * config.gsd_m
-    n_x = _pixels(size_m, source.pixel_size_m[0], even=False)
-    n_y = _pixels(size_m, source.pixel_size_m[1], even=False)
-    return [
-        Window(col, row, n_x, n_y)
-        for row in range(0, source.height - n_y + 1, n_y)
-        for col in range(0, source.width - n_x + 1, n_x)
-    ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Splits
-# ---------------------------------------------------------------------------------------------
-
-
-def assign_splits(
-    plots: pd.DataFrame,
-    *,
-    test_sites: Sequence[str] | None = None,
-    test_fraction: float = 0.25,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    path: str | Path | None = None,
-) -> pd.Series:
-    """Split plots (columns site, plot_id, label, x, y) into train / val / test.
-
-    Test takes whole sites (``test_sites``, or about ``test_fraction`` of the sites drawn by
-    seed, never all of them); with a single site it takes one spatial block instead: plots
-    ordered along the longer axis of their extent, cut into ``round(1 / test_fraction)``
-    contiguous strips, one strip drawn by seed. Val takes about ``val_fraction`` of the
-    remaining plots per class (whole plots, never a class's last training plot). The result
-    is per plot, so a plot's quarters always share a split.
-    """
-    rng = np.random.default_rng(seed)
-    split = pd.Series("train", index=plots.index, dtype="string")
-    sites = sorted(plots["site"].unique())
-    if test_sites:
-        unknown = sorted(set(test_sites) - set(sites))
-        if unknown:
-            raise VectorError(f"test site(s) {unknown} not among the plots' sites {sites}", path)
-        split[plots["site"].isin(list(test_sites))] = "test"
-    elif len(sites) >= 2:
-        n_test = min(len(sites) - 1, max(1, round(len(sites) * test_fraction)))
-        chosen = [sites[i] for i in rng.permutation(len(sites))[:n_test]]
-        split[plots["site"].isin(chosen)] = "test"
-    elif len(plots) >= 2 and test_fraction > 0:
-        n_blocks = min(len(plots), max(2, round(1 / test_fraction)))
-        axis = "x" if np.ptp(plots["x"]) >= np.ptp(plots["y"]) else "y"
-        rank = plots[axis].rank(method="first").to_numpy() - 1
-        block = (rank * n_blocks // len(plots)).astype(int)
-        split[block == int(rng.integers(n_blocks))] = "test"
-    rest = plots[split == "train"]
-    for label in sorted(rest["label"].unique()):
-        members = rest.index[rest["label"] == label].to_numpy()
-        n_val = min(len(members) - 1, math.floor(len(members) * val_fraction + 0.5))
-        if n_val > 0:
-            split[rng.permutation(members)[:n_val]] = "val"
-    return split
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,6 +362,99 @@ def _start(out_dir: str | Path, mode: str) -> tuple[Path, TileResult, dict[str, 
 # ---------------------------------------------------------------------------------------------
 
 
+def _place_plots(
+    plots: gpd.GeoDataFrame, sources: list[Source], config: SpeciesConfig, result: TileResult
+) -> tuple[dict[Any, tuple[Source, Window]], dict[Any, tuple[float, float]]]:
+    """Each plot's source and window: the first source whose grid holds the whole window."""
+    plot_crs = CRS.from_user_input(plots.crs)
+    placed: dict[Any, tuple[Source, Window]] = {}
+    centres: dict[Any, tuple[float, float]] = {}
+    for source in sources:
+        target = CRS.from_user_input(source.crs)
+        local = plots_in_crs(plots, target)
+        if target != plot_crs:
+            pair = (_crs_text(plot_crs), source.crs)
+            if pair not in result.reprojected:
+                result.reprojected.append(pair)
+        for idx, plot in local.iterrows():
+            if idx in placed:
+                continue
+            geom = plot.geometry
+            if plot["kind"] == "point":
+                window = snap_point_window(
+                    geom.x,
+                    geom.y,
+                    source.transform,
+                    source.pixel_size_m,
+                    config.plot_size_m,
+                    even=config.quarters,
+                )
+            else:
+                window = snap_bounds_window(geom.bounds, source.transform, even=config.quarters)
+            if inside(window, source):
+                placed[idx] = (source, window)
+                centres[idx] = geom.centroid.x, geom.centroid.y
+    # Report reprojection only for CRSs plots were cut from.
+    used = {placed[i][0].crs for i in placed}
+    result.reprojected = [pair for pair in result.reprojected if pair[1] in used]
+    return placed, centres
+
+
+def _plot_table(
+    plots: gpd.GeoDataFrame,
+    placed: dict[Any, tuple[Source, Window]],
+    centres: dict[Any, tuple[float, float]],
+) -> pd.DataFrame:
+    """One row per placed plot: site (the ortho's where the plots name none), id, label, x, y."""
+    return pd.DataFrame(
+        {
+            "site": [
+                str(plots.at[i, "site"]) if pd.notna(plots.at[i, "site"]) else placed[i][0].site
+                for i in placed
+            ],
+            "plot_id": [str(plots.at[i, "plot_id"]) for i in placed],
+            "label": [str(plots.at[i, "label"]) for i in placed],
+            "x": [centres[i][0] for i in placed],
+            "y": [centres[i][1] for i in placed],
+        },
+        index=list(placed),
+    )
+
+
+def _plot_jobs(
+    table: pd.DataFrame,
+    placed: dict[Any, tuple[Source, Window]],
+    config: SpeciesConfig,
+    labels: Path,
+) -> list[TileJob]:
+    """One job per tile (or quarter) of every placed plot; refuses colliding file names."""
+    jobs: list[TileJob] = []
+    for idx, row in table.iterrows():
+        source, window = placed[idx]
+        site, plot_id = _safe(row["site"]), _safe(row["plot_id"])
+        base = plot_id if plot_id.startswith(site) else f"{site}_{plot_id}"
+        windows = quarter_windows(window) if config.quarters else [window]
+        for k, win in enumerate(windows):
+            tile_id = f"{base}_q{k}" if config.quarters else base
+            path = f"{IMAGES_DIR}/{site}/{tile_id}.png"
+            jobs.append(
+                TileJob(
+                    tile_id,
+                    path,
+                    source,
+                    win,
+                    row["label"],
+                    row["site"],
+                    row["plot_id"],
+                    row["split"],
+                )
+            )
+    dupes = [t for t, n in Counter(j.tile_id for j in jobs).items() if n > 1]
+    if dupes:
+        raise VectorError(f"plot ids collide once made file-name safe, e.g. {dupes[0]}", labels)
+    return jobs
+
+
 def tile_plots(
     orthos: Sequence[str | Path],
     labels: str | Path,
@@ -509,39 +484,7 @@ def tile_plots(
     plots = read_plots(labels, config, crs=labels_crs)
     sources = scan_sources(orthos, config, previous)
     result.n_orthos = len(sources)
-
-    # Place each plot: the first source whose grid holds the whole snapped window.
-    plot_crs = CRS.from_user_input(plots.crs)
-    placed: dict[int, tuple[Source, Window]] = {}
-    centres: dict[int, tuple[float, float]] = {}
-    for source in sources:
-        target = CRS.from_user_input(source.crs)
-        local = plots_in_crs(plots, target)
-        if target != plot_crs:
-            pair = (_crs_text(plot_crs), source.crs)
-            if pair not in result.reprojected:
-                result.reprojected.append(pair)
-        for idx, plot in local.iterrows():
-            if idx in placed:
-                continue
-            geom = plot.geometry
-            if plot["kind"] == "point":
-                window = snap_point_window(
-                    geom.x,
-                    geom.y,
-                    source.transform,
-                    source.pixel_size_m,
-                    config.plot_size_m,
-                    even=config.quarters,
-                )
-            else:
-                window = snap_bounds_window(geom.bounds, source.transform, even=config.quarters)
-            if inside(window, source):
-                placed[idx] = (source, window)
-                centres[idx] = geom.centroid.x, geom.centroid.y
-    # Report outside plots by id; report reprojection only for CRSs plots were cut from.
-    used = {placed[i][0].crs for i in placed}
-    result.reprojected = [pair for pair in result.reprojected if pair[1] in used]
+    placed, centres = _place_plots(plots, sources, config, result)
     result.outside = [str(plots.at[i, "plot_id"]) for i in plots.index if i not in placed]
     if not placed:
         raise VectorError(
@@ -549,20 +492,7 @@ def tile_plots(
             f"{len(sources)} orthomosaic(s) (check that they cover the same area)",
             labels,
         )
-
-    table = pd.DataFrame(
-        {
-            "site": [
-                str(plots.at[i, "site"]) if pd.notna(plots.at[i, "site"]) else placed[i][0].site
-                for i in placed
-            ],
-            "plot_id": [str(plots.at[i, "plot_id"]) for i in placed],
-            "label": [str(plots.at[i, "label"]) for i in placed],
-            "x": [centres[i][0] for i in placed],
-            "y": [centres[i][1] for i in placed],
-        },
-        index=list(placed),
-    )
+    table = _plot_table(plots, placed, centres)
     table["split"] = assign_splits(
         table,
         test_sites=test_sites,
@@ -572,31 +502,7 @@ def tile_plots(
         path=labels,
     )
     result.n_plots = len(table)
-
-    jobs: list[TileJob] = []
-    for idx, row in table.iterrows():
-        source, window = placed[idx]
-        site, plot_id = _safe(row["site"]), _safe(row["plot_id"])
-        base = plot_id if plot_id.startswith(site) else f"{site}_{plot_id}"
-        windows = quarter_windows(window) if config.quarters else [window]
-        for k, win in enumerate(windows):
-            tile_id = f"{base}_q{k}" if config.quarters else base
-            jobs.append(
-                TileJob(
-                    tile_id,
-                    f"{IMAGES_DIR}/{site}/{tile_id}.png",
-                    source,
-                    win,
-                    row["label"],
-                    row["site"],
-                    row["plot_id"],
-                    row["split"],
-                )
-            )
-    dupes = [t for t, n in Counter(j.tile_id for j in jobs).items() if n > 1]
-    if dupes:
-        raise VectorError(f"plot ids collide once made file-name safe, e.g. {dupes[0]}", labels)
-
+    jobs = _plot_jobs(table, placed, config, labels)
     kept = _run_jobs(jobs, config, out, result, progress, workers)
     if not kept:
         raise RasterError(
@@ -654,20 +560,3 @@ def tile_grid(
         )
     _write_outputs(kept, sources, config, out, result)
     return result
-
-
-__all__ = [
-    "SOURCES_FILE",
-    "Source",
-    "TileResult",
-    "assign_splits",
-    "grid_windows",
-    "load_sources",
-    "quarter_windows",
-    "scan_sources",
-    "snap_bounds_window",
-    "snap_point_window",
-    "source_scaling",
-    "tile_grid",
-    "tile_plots",
-]
