@@ -127,6 +127,10 @@ def synth(out_dir: Path, sites: int, size_px: int, seed: int, config_path: str) 
     "without .prj), e.g. EPSG:32612.",
 )
 @click.option(
+    "--labels-layer",
+    help="Layer of the plot file to read when it has several (a GeoPackage, say).",
+)
+@click.option(
     "--grid",
     is_flag=True,
     help="Cut unlabelled tiles over the whole orthomosaics instead (an unlabelled pool).",
@@ -164,6 +168,7 @@ def tile(
     orthos: tuple[Path, ...],
     labels: Path | None,
     labels_crs: str | None,
+    labels_layer: str | None,
     grid: bool,
     config_path: str,
     test_sites: str | None,
@@ -199,6 +204,7 @@ def tile(
             config,
             out_dir,
             labels_crs=labels_crs,
+            labels_layer=labels_layer,
             test_sites=sites,
             val_fraction=val_fraction,
             seed=seed,

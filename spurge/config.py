@@ -127,6 +127,23 @@ class SpeciesConfig(BaseModel):
         return hashlib.sha256(payload).hexdigest()[:16]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a mapping naming one key twice (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(
+                    f"duplicate key {key!r} at line {line} (first at line {seen[key]}); "
+                    "YAML would silently keep the last one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
@@ -139,7 +156,9 @@ def load_config(path: str | Path) -> SpeciesConfig:
     if not path.is_file():
         raise ConfigError("config file not found", path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except ConfigError as exc:
+        raise ConfigError(exc.problem, path) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

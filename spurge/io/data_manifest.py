@@ -111,7 +111,10 @@ def record_checksums(manifest_path: str | Path, root: str | Path) -> int:
         raise ManifestError("data folder not found", root)
     listed = {entry.path: entry for entry in manifest.files}
     added = 0
+    own = manifest_path.resolve()
     for local in sorted(p for p in root.rglob("*") if p.is_file()):
+        if local.resolve() == own:
+            continue  # the manifest itself: checksumming it would change it
         relative = local.relative_to(root).as_posix()
         entry = listed.get(relative)
         if entry is None:
@@ -135,8 +138,11 @@ def verify_dataset(manifest_path: str | Path, root: str | Path | None = None) ->
     if not root.is_dir():
         raise ManifestError("data folder not found", root)
     report = VerifyReport(manifest=manifest_path, root=root)
+    own = manifest_path.resolve()
     for entry in manifest.files:
         local = root / entry.path
+        if local.resolve() == own:
+            continue  # listed by an older --record: a manifest cannot hold its own checksum
         if not local.is_file():
             report.missing.append(entry.path)
         elif entry.sha256 is None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from pyproj import CRS, Proj, Transformer
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
@@ -61,26 +62,90 @@ def _gdal_reason(exc: BaseException) -> str:
 
 def check_georeferenced(src: Any, path: str | Path) -> None:
     """Refuse rasters without a CRS or a geotransform: their tiles cannot be placed on a map."""
+    if src.crs is None and src.gcps[0]:
+        raise RasterError("is georeferenced by GCPs: warp it first (gdalwarp)", path)
     if src.crs is None:
         raise RasterError("has no CRS (coordinate reference system); georeference it first", path)
     if src.transform.is_identity:
         raise RasterError("has no geotransform (pixel coordinates only)", path)
     if src.transform.b != 0 or src.transform.d != 0:
         raise RasterError("has a rotated geotransform; warp it north-up first (gdalwarp)", path)
+    if src.crs.is_geographic:
+        left, bottom, right, top = src.bounds
+        if not (-180.0 <= left < right <= 360.0 and -90.0 <= bottom < top <= 90.0):
+            raise RasterError(
+                f"bounds impossible for lon/lat ({left:.6g}, {bottom:.6g}, {right:.6g}, "
+                f"{top:.6g}) under its CRS {src.crs.to_string()}: the numbers look projected, "
+                "fix the CRS tag (gdal_edit.py -a_srs)",
+                path,
+            )
+
+
+#: Projections whose scale at the raster centre is within this of 1 (UTM's 0.9996, state
+#: planes, national grids) are taken at face value: a UTM ortho at 5 cm stays 5 cm. Beyond it
+#: (Web Mercator, World Mercator away from the equator) grid units are not ground metres.
+SCALE_TOLERANCE = 0.005
+
+
+def _metres_per_degree(lat_deg: float) -> tuple[float, float]:
+    """Metres per degree of longitude and latitude (WGS84 ellipsoid approximation)."""
+    lat = np.deg2rad(lat_deg)
+    m_per_deg_lat = 111132.92 - 559.82 * np.cos(2 * lat) + 1.175 * np.cos(4 * lat)
+    m_per_deg_lon = 111412.84 * np.cos(lat) - 93.5 * np.cos(3 * lat)
+    return float(m_per_deg_lon), float(m_per_deg_lat)
+
+
+def horizontal_crs(crs: Any) -> CRS:
+    """The horizontal part of a CRS (the first sub-CRS of a compound one) as a pyproj CRS."""
+    full = CRS.from_user_input(crs)
+    if full.is_compound:
+        return next((c for c in full.sub_crs_list if c.is_projected or c.is_geographic), full)
+    return full
+
+
+def projection_scale(crs: Any, x: float, y: float) -> tuple[float, float]:
+    """Ground metres per grid metre (x, y) of a projected CRS at the point (x, y).
+
+    From pyproj's ``get_factors`` at that point: the parallel scale along x and the
+    meridional scale along y (equal for conformal projections). ``(1, 1)`` where the
+    projection's scale is within :data:`SCALE_TOLERANCE` of 1 or cannot be computed.
+    """
+    projected = horizontal_crs(crs)
+    try:
+        to_lonlat = Transformer.from_crs(projected, projected.geodetic_crs, always_xy=True)
+        lon, lat = to_lonlat.transform(x, y)
+        factors = Proj(projected).get_factors(lon, lat)
+    except Exception:  # a projection PROJ cannot differentiate: take its units at face value
+        return 1.0, 1.0
+    along_x, along_y = float(factors.parallel_scale), float(factors.meridional_scale)
+    if not (np.isfinite(along_x) and np.isfinite(along_y)) or min(along_x, along_y) <= 0:
+        return 1.0, 1.0
+    if max(abs(along_x - 1), abs(along_y - 1)) <= SCALE_TOLERANCE:
+        return 1.0, 1.0
+    return 1.0 / along_x, 1.0 / along_y
 
 
 def pixel_size_m(src: Any) -> tuple[float, float]:
-    """Ground size of a pixel (x, y) in metres, for projected and geographic CRSs."""
+    """Ground size of a pixel (x, y) in metres at the raster's centre.
+
+    Geographic CRSs: metres per degree at the centre latitude. Projected CRSs: the CRS's
+    linear unit times the projection's scale at the centre (:func:`projection_scale`), so an
+    ortho warped to Web Mercator at 46.7 N is cut at its true ground size.
+    """
     res_x, res_y = abs(src.transform.a), abs(src.transform.e)
-    crs = src.crs
-    if crs is not None and crs.is_geographic:
-        # Metres per degree at the raster's centre latitude (WGS84 ellipsoid approximation).
-        lat = np.deg2rad((src.bounds.top + src.bounds.bottom) / 2)
-        m_per_deg_lat = 111132.92 - 559.82 * np.cos(2 * lat) + 1.175 * np.cos(4 * lat)
-        m_per_deg_lon = 111412.84 * np.cos(lat) - 93.5 * np.cos(3 * lat)
-        return float(res_x * m_per_deg_lon), float(res_y * m_per_deg_lat)
-    factor = crs.linear_units_factor[1] if crs is not None and crs.is_projected else 1.0
-    return float(res_x * factor), float(res_y * factor)
+    if src.crs is None:
+        return float(res_x), float(res_y)
+    crs = horizontal_crs(src.crs)
+    centre_x = (src.bounds.left + src.bounds.right) / 2
+    centre_y = (src.bounds.top + src.bounds.bottom) / 2
+    if crs.is_geographic:
+        per_lon, per_lat = _metres_per_degree(centre_y)
+        return float(res_x * per_lon), float(res_y * per_lat)
+    if not crs.is_projected:
+        return float(res_x), float(res_y)
+    factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    scale_x, scale_y = projection_scale(crs, centre_x, centre_y)
+    return float(res_x * factor * scale_x), float(res_y * factor * scale_y)
 
 
 def check_bands(src: Any, bands: Sequence[int], alpha_band: int | None, path: str | Path) -> None:

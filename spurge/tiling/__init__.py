@@ -16,26 +16,29 @@ from spurge.tiling.run import (
     tile_grid,
     tile_plots,
 )
-from spurge.tiling.splits import assign_splits
+from spurge.tiling.splits import assign_splits, overlap_groups
 from spurge.tiling.windows import (
+    POLYGON_SIZE_TOLERANCE,
     grid_windows,
+    polygon_centres,
     quarter_windows,
-    snap_bounds_window,
     snap_point_window,
 )
 
 __all__ = [
     "DEFAULT_WORKERS",
     "PNG_COMPRESS_LEVEL",
+    "POLYGON_SIZE_TOLERANCE",
     "SOURCES_FILE",
     "Source",
     "TileResult",
     "assign_splits",
     "grid_windows",
     "load_sources",
+    "overlap_groups",
+    "polygon_centres",
     "quarter_windows",
     "scan_sources",
-    "snap_bounds_window",
     "snap_point_window",
     "source_scaling",
     "tile_grid",

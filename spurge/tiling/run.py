@@ -41,6 +41,7 @@ from spurge.io.atomic import (
     sha256_file,
     temporary_sibling,
 )
+from spurge.io.paths import refuse_overwriting_inputs
 from spurge.io.raster import (
     BandScaling,
     check_bands,
@@ -52,12 +53,12 @@ from spurge.io.raster import (
 from spurge.io.sources import SOURCES_FILE, Source, load_sources, write_sources
 from spurge.io.tiles import TILE_COLUMNS, manifest_path, write_tile_manifest
 from spurge.io.vector import plots_in_crs, read_plots
-from spurge.tiling.splits import assign_splits
+from spurge.tiling.splits import assign_splits, overlap_groups
 from spurge.tiling.windows import (
     grid_windows,
     inside,
+    polygon_centres,
     quarter_windows,
-    snap_bounds_window,
     snap_point_window,
 )
 
@@ -74,8 +75,21 @@ PNG_COMPRESS_LEVEL = 1
 
 
 def _crs_text(crs: Any) -> str:
+    """Machine-readable CRS for sources.json and the manifest (EPSG code, else WKT)."""
     epsg = crs.to_epsg()
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def crs_label(crs: Any) -> str:
+    """Short human-readable CRS for summaries: ``EPSG:n``, ``EPSG:a+b`` or its name, no WKT."""
+    full = CRS.from_user_input(crs)
+    epsg = full.to_epsg()
+    if epsg:
+        return f"EPSG:{epsg}"
+    codes = [sub.to_epsg() for sub in full.sub_crs_list] if full.is_compound else []
+    if codes and all(codes):
+        return "EPSG:" + "+".join(str(c) for c in codes)
+    return full.name or "unnamed CRS"
 
 
 def _safe(name: str) -> str:
@@ -205,6 +219,9 @@ class TileResult:
     nodata_skipped: list[str] = field(default_factory=list)
     reprojected: list[tuple[str, str]] = field(default_factory=list)
     resampled_sites: list[str] = field(default_factory=list)
+    black_skipped: list[str] = field(default_factory=list)
+    overlapping: list[list[str]] = field(default_factory=list)
+    labels_layer: str | None = None
     manifest_written: bool = True
 
     def summary(self) -> str:
@@ -215,6 +232,8 @@ class TileResult:
             f"into {self.manifest}: {self.written} image(s) written, {self.unchanged} already "
             "up to date."
         ]
+        if self.labels_layer:
+            parts.append(f"Plots read from layer {self.labels_layer!r}.")
         if self.label_counts:
             labels = ", ".join(f"{n} {lab}" for lab, n in self.label_counts.items())
             parts.append(f"Tiles per class: {labels}.")
@@ -231,6 +250,18 @@ class TileResult:
             parts.append(
                 f"Skipped {len(self.nodata_skipped)} tile(s) that are mostly nodata: "
                 f"{_examples(self.nodata_skipped)}."
+            )
+        if self.black_skipped:
+            parts.append(
+                f"Warning: skipped {len(self.black_skipped)} tile(s) that are 0 in every band of "
+                f"an orthomosaic without a nodata value: {_examples(self.black_skipped)}; if 0 "
+                "means no data, set it (gdal_edit.py -a_nodata 0 ORTHO)."
+            )
+        if self.overlapping:
+            groups = ["/".join(g) for g in self.overlapping]
+            parts.append(
+                f"Warning: {sum(map(len, self.overlapping))} plot(s) overlap other plots "
+                f"({_examples(groups)}); each overlapping group is kept in one split."
             )
         parts.append(f"Band scaling per orthomosaic in {self.sources_file}.")
         return " ".join(parts)
@@ -285,11 +316,22 @@ def _run_jobs(
                     if 1.0 - float(valid.mean()) > config.max_nodata_fraction:
                         result.nodata_skipped.append(job.tile_id)
                         continue
+                    if _untagged_black(src, job.window, job.source, rgb):
+                        result.black_skipped.append(job.tile_id)
+                        continue
                     pending.append((job, pool.submit(write_tile_png, out_dir / job.path, rgb)))
                     collect(4 * workers)  # bounded memory: a few tiles in flight
         collect(0)
     bar.close()
     return kept
+
+
+def _untagged_black(src: Any, window: Window, source: Source, rgb: np.ndarray) -> bool:
+    """A tile that is 0 in every band of an ortho with no nodata value: an untagged margin."""
+    if src.nodata is not None or rgb.any():
+        return False  # cheap test first: only all-black 8-bit tiles are read again raw
+    raw = src.read(list(source.scaling.bands), window=window)
+    return not raw.any()
 
 
 def _manifest_frame(jobs: list[TileJob], config: SpeciesConfig, crs: str) -> gpd.GeoDataFrame:
@@ -344,11 +386,36 @@ def _write_outputs(
     result.split_counts = dict(sorted(Counter(j.split for j in jobs).items()))
     result.label_counts = dict(sorted(Counter(j.label for j in jobs if j.label).items()))
     result.tiles = len(jobs)
-    resampled = {j.source.site for j in jobs if int(j.window.width) != config.tile_size_px}
+    size = config.tile_size_px
+    resampled = {
+        j.source.site for j in jobs if (int(j.window.width), int(j.window.height)) != (size, size)
+    }
     result.resampled_sites = sorted(resampled)
 
 
-def _start(out_dir: str | Path, mode: str) -> tuple[Path, TileResult, dict[str, dict[str, Any]]]:
+def _refuse_empty(
+    kept: list[TileJob], result: TileResult, config: SpeciesConfig, first: Path, what: str
+) -> None:
+    if kept:
+        return
+    if result.black_skipped and not result.nodata_skipped:
+        raise RasterError(
+            f"every {what} is 0 in every band and the orthomosaic has no nodata value; "
+            "if 0 means no data, set it (gdal_edit.py -a_nodata 0 ORTHO)",
+            first,
+        )
+    raise RasterError(
+        f"every {what} is more than {config.max_nodata_fraction:.0%} nodata; nothing to write",
+        first,
+    )
+
+
+def _start(
+    out_dir: str | Path, mode: str, inputs: Sequence[str | Path]
+) -> tuple[Path, TileResult, dict[str, dict[str, Any]]]:
+    """Check and prepare the output folder; nothing is written before the inputs are safe."""
+    target = Path(out_dir)
+    refuse_overwriting_inputs([target, target / "tiles.parquet", target / SOURCES_FILE], inputs)
     out = ensure_writable_dir(out_dir)
     remove_stale_temporaries(out)
     result = TileResult(
@@ -371,31 +438,28 @@ def _place_plots(
     centres: dict[Any, tuple[float, float]] = {}
     for source in sources:
         target = CRS.from_user_input(source.crs)
-        local = plots_in_crs(plots, target)
+        local = plots_in_crs(plots, target, plots.attrs.get("path"))
         if target != plot_crs:
-            pair = (_crs_text(plot_crs), source.crs)
+            pair = (crs_label(plot_crs), crs_label(target))
             if pair not in result.reprojected:
                 result.reprojected.append(pair)
         for idx, plot in local.iterrows():
             if idx in placed:
                 continue
-            geom = plot.geometry
-            if plot["kind"] == "point":
-                window = snap_point_window(
-                    geom.x,
-                    geom.y,
-                    source.transform,
-                    source.pixel_size_m,
-                    config.plot_size_m,
-                    even=config.quarters,
-                )
-            else:
-                window = snap_bounds_window(geom.bounds, source.transform, even=config.quarters)
+            geom = plot.geometry  # a point: polygon plots were replaced by their centre
+            window = snap_point_window(
+                geom.x,
+                geom.y,
+                source.transform,
+                source.pixel_size_m,
+                config.plot_size_m,
+                even=config.quarters,
+            )
             if inside(window, source):
                 placed[idx] = (source, window)
-                centres[idx] = geom.centroid.x, geom.centroid.y
+                centres[idx] = geom.x, geom.y
     # Report reprojection only for CRSs plots were cut from.
-    used = {placed[i][0].crs for i in placed}
+    used = {crs_label(CRS.from_user_input(placed[i][0].crs)) for i in placed}
     result.reprojected = [pair for pair in result.reprojected if pair[1] in used]
     return placed, centres
 
@@ -455,6 +519,25 @@ def _plot_jobs(
     return jobs
 
 
+def _overlaps(
+    table: pd.DataFrame,
+    placed: dict[Any, tuple[Source, Window]],
+    crs: Any,
+    result: TileResult,
+) -> np.ndarray:
+    """Overlap group per plot (ground footprints in the plots' CRS); records the groups."""
+    footprints = []
+    for idx in table.index:
+        source, window = placed[idx]
+        square = gpd.GeoSeries([box(*window_bounds(window, source.transform))], crs=source.crs)
+        footprints.append(square.to_crs(crs).iloc[0])
+    groups = overlap_groups(footprints)
+    ids = table["plot_id"].to_numpy()
+    for group in sorted(set(groups[np.bincount(groups)[groups] > 1])):
+        result.overlapping.append([str(p) for p in ids[groups == group]])
+    return groups
+
+
 def tile_plots(
     orthos: Sequence[str | Path],
     labels: str | Path,
@@ -462,6 +545,7 @@ def tile_plots(
     out_dir: str | Path,
     *,
     labels_crs: str | None = None,
+    labels_layer: str | None = None,
     test_sites: Sequence[str] | None = None,
     test_fraction: float = 0.25,
     val_fraction: float = 0.2,
@@ -479,9 +563,12 @@ def tile_plots(
     ``config.max_nodata_fraction`` nodata are skipped and reported. Re-running with the same
     inputs writes nothing; an interrupted run resumes where it stopped.
     """
-    out, result, previous = _start(out_dir, "plots")
     labels = Path(labels)
-    plots = read_plots(labels, config, crs=labels_crs)
+    out, result, previous = _start(out_dir, "plots", [*orthos, labels])
+    plots = read_plots(labels, config, crs=labels_crs, layer=labels_layer)
+    result.labels_layer = plots.attrs.get("layer")
+    plots = polygon_centres(plots, config.plot_size_m, labels)
+    plots.attrs["path"] = labels
     sources = scan_sources(orthos, config, previous)
     result.n_orthos = len(sources)
     placed, centres = _place_plots(plots, sources, config, result)
@@ -493,6 +580,7 @@ def tile_plots(
             labels,
         )
     table = _plot_table(plots, placed, centres)
+    groups = _overlaps(table, placed, plots.crs, result)
     table["split"] = assign_splits(
         table,
         test_sites=test_sites,
@@ -500,15 +588,13 @@ def tile_plots(
         val_fraction=val_fraction,
         seed=seed,
         path=labels,
+        groups=groups,
     )
     result.n_plots = len(table)
     jobs = _plot_jobs(table, placed, config, labels)
+    refuse_overwriting_inputs([out / job.path for job in jobs], [*orthos, labels])
     kept = _run_jobs(jobs, config, out, result, progress, workers)
-    if not kept:
-        raise RasterError(
-            f"every tile is more than {config.max_nodata_fraction:.0%} nodata; nothing to write",
-            sources[0].path,
-        )
+    _refuse_empty(kept, result, config, sources[0].path, "tile")
     _write_outputs(kept, sources, config, out, result)
     return result
 
@@ -528,7 +614,7 @@ def tile_grid(
     ``config.max_nodata_fraction`` nodata are skipped. Named
     ``images/<site>/<site>_r<row>_c<col>.png`` after their pixel offsets.
     """
-    out, result, previous = _start(out_dir, "grid")
+    out, result, previous = _start(out_dir, "grid", orthos)
     sources = scan_sources(orthos, config, previous)
     result.n_orthos = len(sources)
     jobs = []
@@ -552,11 +638,8 @@ def tile_grid(
                     "unlabelled",
                 )
             )
+    refuse_overwriting_inputs([out / job.path for job in jobs], [s.path for s in sources])
     kept = _run_jobs(jobs, config, out, result, progress, workers)
-    if not kept:
-        raise RasterError(
-            f"every grid tile is more than {config.max_nodata_fraction:.0%} nodata",
-            sources[0].path,
-        )
+    _refuse_empty(kept, result, config, sources[0].path, "grid tile")
     _write_outputs(kept, sources, config, out, result)
     return result

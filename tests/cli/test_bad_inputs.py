@@ -616,7 +616,9 @@ def test_rgbn_tiles_use_the_rgb_bands_only(world: World, tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("real_ortho", "tiles", "skipped_as_nodata"),
-    [("rgb.tif", 9, 0), ("615.tif", 3, 6)],
+    # rgb.tif's top-left grid tile is 0 in bands 1-3 and the file has no nodata value: an
+    # untagged margin, skipped with a warning (issue 14 item 5).
+    [("rgb.tif", 8, 0), ("615.tif", 3, 6)],
     ids=["real-4-band-uint8", "real-5-band-float32-with-nodata"],
 )
 def test_real_odd_orthos_tile_as_a_grid(
@@ -630,6 +632,8 @@ def test_real_odd_orthos_tile_as_a_grid(
     manifest = gpd.read_parquet(out / "tiles.parquet")
     assert len(manifest) == tiles
     assert (f"Skipped {skipped_as_nodata} tile(s)" in result.output) == bool(skipped_as_nodata)
+    black = "Warning: skipped 1 tile(s) that are 0 in every band"
+    assert (black in result.output) == (real_ortho == "rgb.tif"), result.output
     # Each tile shows its own window: its mean colour is the window's, scaled to 8 bits with
     # the scaling recorded in sources.json (bands 1-3 only; nodata is black in both).
     source = json.loads((out / "sources.json").read_text())["sources"][0]

@@ -22,7 +22,6 @@ from spurge.io.tiles import read_tile_manifest, tile_image_path
 from spurge.synthetic import synthesize
 from spurge.tiling import (
     load_sources,
-    snap_bounds_window,
     snap_point_window,
     source_scaling,
     tile_grid,
@@ -152,9 +151,6 @@ def test_snap_rules() -> None:
     assert (window.col_off, window.row_off, window.width, window.height) == (7, 3, 10, 10)
     odd = snap_point_window(1001.226, 1999.25, transform, (0.1, 0.1), 0.9, even=False)
     assert (odd.col_off, odd.width) == (8, 9)
-    # Polygon edges round to the nearest pixel edge; quarters need an even size.
-    poly = snap_bounds_window((1000.04, 1998.96, 1000.96, 1999.94), transform, even=True)
-    assert (poly.col_off, poly.row_off, poly.width, poly.height) == (0, 1, 10, 10)
 
 
 def test_polygon_plots_equal_point_plots(tmp_path, synth, config) -> None:

@@ -110,12 +110,15 @@ def test_float32_points_osbs(testdata, tmp_path) -> None:
 
 
 def test_polygons_over_two_grids(testdata, tmp_path) -> None:
-    """Plot outlines over rgb.tif (uint8, 4 bands) and 615.tif (float32, 5 bands, nodata)."""
+    """Rotated plot outlines (1.39 x 1.15 m) over rgb.tif (uint8, 4 bands) and 615.tif
+    (float32, 5 bands, nodata): each is cut as a 1.28 m square around its centroid."""
     plots = gpd.read_file(testdata / "square_crop_with_plot_ids.geojson")
     plots["label"] = ["absent", "present"]
     labels = tmp_path / "plots.gpkg"
     plots.to_file(labels)
-    config = make_config(plot_id_column="plot_ids", max_nodata_fraction=1.0)
+    config = make_config(
+        plot_id_column="plot_ids", max_nodata_fraction=1.0, plot_size_m=1.28, gsd_m=0.04
+    )
     for name in ("rgb.tif", "615.tif"):
         out = tmp_path / name
         result = tile_plots([testdata / name], labels, config, out, progress=False)
@@ -124,16 +127,19 @@ def test_polygons_over_two_grids(testdata, tmp_path) -> None:
         assert len(tiles) == 8 and set(tiles["plot_id"]) == {"888", "889"}
         with rasterio.open(testdata / name) as src:
             transform = src.transform
+        # Even pixel counts per axis nearest to 1.28 m: 58 x 58 px on rgb.tif, 36 x 36 on 615.
+        n_x = 2 * math.floor(1.28 / abs(transform.a) / 2 + 0.5)
+        n_y = 2 * math.floor(1.28 / abs(transform.e) / 2 + 0.5)
+        assert (n_x, n_y) == ((58, 58) if name == "rgb.tif" else (36, 36))
         for _, plot in plots.iterrows():
-            minx, miny, maxx, maxy = plot.geometry.bounds
-            mine = tiles[tiles["plot_id"] == plot["plot_ids"]]
-            union = mine.geometry.union_all().envelope
-            # Edges snapped to the nearest pixel edge (within one pixel of the outline).
-            ux0, uy0, ux1, uy1 = union.bounds
-            assert abs(ux0 - minx) <= abs(transform.a) / 2 + 1e-9
-            assert abs(uy1 - maxy) <= abs(transform.e) / 2 + 1e-9
-            assert maxx - abs(transform.a) / 2 - 1e-9 <= ux1 <= maxx + 1.5 * abs(transform.a)
-            assert miny - 1.5 * abs(transform.e) <= uy0 <= miny + abs(transform.e) / 2 + 1e-9
+            centre = max(plot.geometry.geoms, key=lambda g: g.area).centroid
+            col, row = ~transform @ (centre.x, centre.y)
+            col0, row0 = math.floor(col - n_x / 2 + 0.5), math.floor(row - n_y / 2 + 0.5)
+            mine = tiles[tiles["plot_id"] == plot["plot_ids"]].sort_values("tile_id")
+            h_x, h_y = n_x // 2, n_y // 2
+            assert list(mine["col_off"]) == [col0, col0 + h_x, col0, col0 + h_x]
+            assert list(mine["row_off"]) == [row0, row0, row0 + h_y, row0 + h_y]
+            assert set(mine["width"]) == {h_x} and set(mine["height"]) == {h_y}
             for _, tile in mine.iterrows():
                 np.testing.assert_array_equal(png(out, tile["path"]), expected_rgb(out, tile, 16))
 
@@ -182,6 +188,11 @@ def test_real_bad_inputs(testdata, tmp_path) -> None:
     # Plots in UTM 14N over an orthomosaic in UTM 15N: reprojected, then outside.
     far = gpd.read_file(testdata / "multipoly.geojson")
     far["label"] = "present"
+    far.to_file(tmp_path / "outlines.gpkg")
+    # Their 3.79 x 3.47 m outlines are no 1.6 m plots: refused before any placement.
+    with pytest.raises(VectorError, match=r"plot0001: outline is 3\.79 x 3\.47 m"):
+        tile_plots([testdata / "rgb.tif"], tmp_path / "outlines.gpkg", config, tmp_path / "x")
+    far["geometry"] = far.geometry.centroid
     far.to_file(tmp_path / "far.gpkg")
     with pytest.raises(VectorError, match="none of the 8 plot"):
         tile_plots([testdata / "rgb.tif"], tmp_path / "far.gpkg", config, tmp_path / "x")
