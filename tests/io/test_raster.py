@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from pyproj import Geod, Transformer
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
@@ -59,10 +60,21 @@ def test_float_reflectance_scaled_from_valid_pixels(testdata: Path) -> None:
     with open_ortho(testdata / "615.tif") as src:
         scaling = compute_scaling(src, [1, 2, 3], (1, 99))
         rgb, valid = read_window_rgb8(src, Window(0, 0, src.width, src.height), scaling)
+        raw = src.read([1, 2, 3])
+        nodata = src.nodata
     assert scaling.dtype == "float32"
-    assert all(0 <= lo < hi < 1 for lo, hi in zip(scaling.low, scaling.high, strict=True))
-    assert 0.3 < (~valid).mean() < 0.8  # about 59 % nodata (-10000) in this file
-    assert rgb[valid].max() == 255 and rgb[valid].min() == 0
+    # 161 x 177 px: the sample windows cover the whole raster, so the scaling must be the
+    # 1st/99th percentiles of exactly the pixels that are not nodata (-10000).
+    assert nodata == -10000
+    good = np.all(raw != nodata, axis=0)
+    np.testing.assert_array_equal(valid, good)
+    assert int((~good).sum()) == int((~valid).sum())
+    for band in range(3):
+        lo, hi = np.percentile(raw[band][good].astype(np.float64), (1, 99))
+        assert (scaling.low[band], scaling.high[band]) == (float(lo), float(hi))
+        expected = np.clip(np.rint((raw[band][good] - lo) / (hi - lo) * 255), 0, 255)
+        np.testing.assert_allclose(rgb[..., band][good], expected, atol=1)  # float32 maths
+    assert (rgb[~good] == 0).all()
 
 
 def test_alpha_band_becomes_nodata(testdata: Path) -> None:
@@ -106,5 +118,38 @@ def test_pixel_size_in_metres_for_geographic_crs(tmp_path: Path) -> None:
         dst.write(np.zeros((3, 4, 4), dtype=np.uint8))
     with open_ortho(path) as src:
         x_m, y_m = pixel_size_m(src)
-    assert x_m == pytest.approx(0.0761, rel=0.01)  # 1e-6 degree of longitude at 46.9 N
-    assert y_m == pytest.approx(0.1112, rel=0.01)
+    # Independent: geodesic length of one pixel step at the raster's centre (WGS84).
+    geod = Geod(ellps="WGS84")
+    lat = 46.9 - 2e-6
+    assert x_m == pytest.approx(geod.inv(-114.0, lat, -114.0 + 1e-6, lat)[2], rel=1e-4)
+    assert y_m == pytest.approx(geod.inv(-114.0, lat, -114.0, lat + 1e-6)[2], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("crs", "lat", "scaled"),
+    [("EPSG:3857", 46.7, True), ("EPSG:3395", 14.6, True), ("EPSG:32612", 46.9, False)],
+)
+def test_pixel_size_in_metres_for_scaled_projections(
+    tmp_path: Path, crs: str, lat: float, scaled: bool
+) -> None:
+    """Web/World Mercator grid metres are not ground metres away from the equator; UTM's
+    0.9996 is within SCALE_TOLERANCE and taken at face value."""
+    lon = -111.0
+    x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
+    path = tmp_path / "m.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=2, height=2, count=3, dtype="uint8",
+                       crs=crs, transform=from_origin(x - 0.1, y + 0.1, 0.1, 0.1)) as dst:  # fmt: skip
+        dst.write(np.zeros((3, 2, 2), dtype=np.uint8))
+    with open_ortho(path) as src:
+        x_m, y_m = pixel_size_m(src)
+    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    (lon0, lon1), (lat0, lat1) = to_ll.transform([x, x + 0.1], [y, y + 0.1])
+    geod = Geod(ellps="WGS84")
+    ground_x, ground_y = geod.inv(lon0, lat0, lon1, lat0)[2], geod.inv(lon0, lat0, lon0, lat1)[2]
+    if scaled:
+        # PROJ's factors for EPSG:3857 are those of its sphere: within 0.2 % of the geodesic.
+        rel = 2.5e-3 if crs == "EPSG:3857" else 1e-5
+        assert (x_m, y_m) == (pytest.approx(ground_x, rel=rel), pytest.approx(ground_y, rel=rel))
+        assert abs(x_m / 0.1 - 1) > 0.03  # the correction is real, not rounding
+    else:
+        assert (x_m, y_m) == (0.1, 0.1)
