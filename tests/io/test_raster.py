@@ -137,8 +137,9 @@ def test_pixel_size_in_metres_for_scaled_projections(
     lon = -111.0
     x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
     path = tmp_path / "m.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=2, height=2, count=3, dtype="uint8",
-                       crs=crs, transform=from_origin(x - 0.1, y + 0.1, 0.1, 0.1)) as dst:  # fmt: skip
+    transform = from_origin(x - 0.1, y + 0.1, 0.1, 0.1)
+    profile = {"driver": "GTiff", "width": 2, "height": 2, "count": 3, "dtype": "uint8"}
+    with rasterio.open(path, "w", crs=crs, transform=transform, **profile) as dst:
         dst.write(np.zeros((3, 2, 2), dtype=np.uint8))
     with open_ortho(path) as src:
         x_m, y_m = pixel_size_m(src)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -94,7 +95,13 @@ def test_plot_tiles_are_pixel_exact_quarters(tmp_path, synth, config) -> None:
     test_sites = set(tiles.loc[tiles["split"] == "test", "site"])
     assert len(test_sites) == 1
     assert not set(tiles.loc[tiles["split"] != "test", "site"]) & test_sites
-    assert {"train", "val"} <= set(tiles["split"])
+    # Val: per class, floor(n * 0.2 + 0.5) of the n non-test plots (never the last one).
+    per_plot = tiles.groupby("plot_id")[["label", "split"]].first()
+    rest = per_plot[per_plot["split"] != "test"]
+    for label, group in rest.groupby("label"):
+        n = len(group)
+        assert int((group["split"] == "val").sum()) == min(n - 1, int(n * 0.2 + 0.5)), label
+    assert set(per_plot["split"]) == {"train", "val", "test"}
     # sources.json records checksum and scaling for `spurge map`.
     sources = load_sources(tmp_path / "tiles")
     assert set(sources) == {str(p.resolve()) for p in synth.orthos}
@@ -342,12 +349,26 @@ def test_geographic_ortho(tmp_path, synth, config) -> None:
     result = tile_plots([ortho], synth.plots, config, tmp_path / "t", progress=False)
     assert "reprojected from EPSG:32612 to EPSG:4326" in result.summary()
     tiles = read_tile_manifest(tmp_path / "t")
-    assert tiles.crs.to_epsg() == 4326 and len(tiles) > 0
-    metres = tiles.to_crs("EPSG:32612")
-    # Each quarter covers half a plot (1.6 m) within a pixel of the warped grid.
-    assert np.allclose(np.sqrt(metres.geometry.area), 1.6, atol=0.08)
-    row = tiles.iloc[0].to_dict()
-    assert read_png(tmp_path / "t", row["path"]).shape == (32, 32, 3)
+    site_plots = gpd.read_file(synth.plots).query("site == 'site_000'")
+    assert tiles.crs.to_epsg() == 4326 and len(tiles) == 4 * len(site_plots) == 36
+    # Window size from the true ground pixel size (geodesic, computed here): 2 x round(n / 2).
+    from pyproj import Geod
+
+    lat = (profile["transform"].f + profile["transform"].f + profile["transform"].e * height) / 2
+    lon = profile["transform"].c
+    geod = Geod(ellps="WGS84")
+    px_x = geod.inv(lon, lat, lon + transform.a, lat)[2]
+    px_y = geod.inv(lon, lat, lon, lat - transform.e)[2]
+    half_x = math.floor(3.2 / px_x / 2 + 0.5)
+    half_y = math.floor(3.2 / px_y / 2 + 0.5)
+    assert set(tiles["width"]) == {half_x} and set(tiles["height"]) == {half_y}
+    # Each quarter covers half a plot (1.6 m) within half a ground pixel per side...
+    assert abs(half_x * px_x - 1.6) <= px_x / 2 and abs(half_y * px_y - 1.6) <= px_y / 2
+    # ...and its footprint (rotated by the grid convergence in UTM) has exactly that area.
+    areas = tiles.to_crs("EPSG:32612").geometry.area
+    np.testing.assert_allclose(areas, half_x * px_x * half_y * px_y, rtol=2e-3)
+    for row in tiles.itertuples():
+        assert read_png(tmp_path / "t", row.path).shape == (32, 32, 3)
 
 
 def test_cog_and_vrt_orthos_give_the_same_tiles(tmp_path, synth, config) -> None:
@@ -382,7 +403,7 @@ def test_cog_and_vrt_orthos_give_the_same_tiles(tmp_path, synth, config) -> None
     reference = runs["tif"]
     for name in ("cog", "vrt"):
         tiles = runs[name]
-        assert len(tiles) == len(reference) > 0
+        assert len(tiles) == len(reference) == 108
         assert tiles[window_columns].to_numpy().tolist() == (
             reference[window_columns].to_numpy().tolist()
         )
