@@ -88,3 +88,22 @@ def test_overlap_groups_keep_plots_in_one_split_and_the_last_plot_rule() -> None
 def test_touching_footprints_are_not_overlaps() -> None:
     footprints = [box(0, 0, 1, 1), box(1, 0, 2, 1), box(1.5, 0, 2.5, 1)]
     assert overlap_groups(footprints).tolist() == [0, 1, 1]
+
+
+def test_a_mixed_overlap_group_never_takes_another_class_last_plot() -> None:
+    """Class b's only training plot overlaps an a plot: val may take a plots for class a,
+    but never that group, whatever the seed."""
+    plots = pd.DataFrame(
+        {
+            "site": ["s1"] * 4 + ["s2"],
+            "plot_id": ["a0", "a1", "a2", "b0", "t0"],
+            "label": ["a", "a", "a", "b", "a"],
+            "x": np.arange(5.0),
+            "y": 0.0,
+        }
+    )
+    groups = np.array([0, 1, 2, 0, 4])  # a0 and b0 overlap
+    for seed in range(12):
+        split = assign_splits(plots, test_sites=["s2"], val_fraction=0.5, seed=seed, groups=groups)
+        assert split[3] == "train" and split[0] == "train", seed
+        assert sorted(split[[1, 2]]) == ["val", "val"]  # a's 2 val plots come from a1, a2
