@@ -72,7 +72,8 @@ def check_georeferenced(src: Any, path: str | Path) -> None:
         raise RasterError("has a rotated geotransform; warp it north-up first (gdalwarp)", path)
     if src.crs.is_geographic:
         left, bottom, right, top = src.bounds
-        if not (-180.0 <= left < right <= 360.0 and -90.0 <= bottom < top <= 90.0):
+        xs, ys = sorted((left, right)), sorted((bottom, top))  # south-up grids flip them
+        if xs[0] < -180.0 or xs[1] > 360.0 or ys[0] < -90.0 or ys[1] > 90.0:
             raise RasterError(
                 f"bounds impossible for lon/lat ({left:.6g}, {bottom:.6g}, {right:.6g}, "
                 f"{top:.6g}) under its CRS {src.crs.to_string()}: the numbers look projected, "

@@ -131,7 +131,7 @@ def scan_sources(
                 sha = sha256_file(path)
             if scaling is None:
                 scaling = compute_scaling(
-                    src, config.bands, tuple(config.scale_percentiles), config.alpha_band, path
+                    src, config.bands, config.scale_percentiles, config.alpha_band, path
                 )
             site = _safe(path.stem)
             if stems[site] > 1:  # two "odm_orthophoto.tif" from different flights

@@ -97,7 +97,7 @@ def assign_splits(
     val_fraction: float = 0.2,
     seed: int = 0,
     path: str | Path | None = None,
-    groups: Sequence[Any] | None = None,
+    groups: Sequence[Any] | np.ndarray | None = None,
 ) -> pd.Series:
     """Split plots (columns site, plot_id, label, x, y) into train / val / test.
 
