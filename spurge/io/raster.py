@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from pyproj import CRS, Proj, Transformer
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
@@ -241,6 +241,11 @@ def compute_scaling(
     return BandScaling(bands, tuple(low), tuple(high), str(dtype))
 
 
+def _all_valid(src: Any, bands: Sequence[int]) -> bool:
+    """Whether GDAL reports every pixel of these bands valid (no nodata, mask or alpha)."""
+    return all(list(src.mask_flag_enums[b - 1]) == [MaskFlags.all_valid] for b in bands)
+
+
 def valid_mask(
     src: Any,
     window: Window,
@@ -253,8 +258,12 @@ def valid_mask(
     kwargs: dict[str, Any] = {"window": window}
     if out_shape is not None:
         kwargs.update(out_shape=(len(bands), *out_shape), resampling=Resampling.nearest)
-    masks = src.read_masks(list(bands), **kwargs)
-    valid = np.all(masks > 0, axis=0)
+    if data is not None and _all_valid(src, bands):
+        # No nodata value, mask or alpha on these bands: reading the masks would only return
+        # 255 everywhere, at the cost of a second read of the window.
+        valid = np.ones(data.shape[1:], dtype=bool)
+    else:
+        valid = np.all(src.read_masks(list(bands), **kwargs) > 0, axis=0)
     if alpha_band:
         alpha_kwargs = dict(kwargs)
         if out_shape is not None:
