@@ -7,8 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from spurge import DEFAULT_SEED
 from spurge.augment import TINY_RANDOM, TokenSettings, augment
-from spurge.config import load_config
+from spurge.config import DEFAULT_CONFIG, load_config
+from spurge.device import DEFAULT_DEVICE, resolve_device
 from spurge.evaluate import evaluate
 from spurge.io.tiles import read_tile_manifest
 from spurge.mapping import map_orthos
@@ -41,7 +43,10 @@ class StageClock:
 
 
 def run_demo(
-    out_dir: str | Path, seed: int = 0, model: str = TINY_RANDOM, device: str | None = None
+    out_dir: str | Path,
+    seed: int = DEFAULT_SEED,
+    model: str = TINY_RANDOM,
+    device: str | None = DEFAULT_DEVICE,
 ) -> str:
     """Run every stage on synthetic data and return the closing summary.
 
@@ -50,9 +55,13 @@ def run_demo(
     which then gets DA-Fusion's real settings (1000 token steps, 25 sampling steps, 4 images
     per tile; a GPU is advisable). ``device`` (e.g. ``cpu``, ``cuda``) defaults to a GPU when
     there is one.
+
+    Raises:
+        DeviceError: ``device`` is not on this machine (checked before any stage runs).
     """
     out_dir = Path(out_dir)
-    config = load_config("leafy_spurge")
+    resolve_device(device)  # a missing GPU is refused now, not after synth and tile
+    config = load_config(DEFAULT_CONFIG)
     clock = StageClock()
     synth = clock.run(
         "synth",

@@ -340,9 +340,9 @@ def synthesize(
     plot_px = config.plot_size_px
     if size_px < 4 * plot_px:
         raise SpurgeError(
-            f"--size-px {size_px} is too small for nine {config.plot_size_m} m plots "
+            f"{size_px} px is too small for nine {config.plot_size_m} m plots "
             f"({plot_px} px each at {config.gsd_m} m/px): use at least {4 * plot_px}",
-            out_dir,
+            param="size_px",
         )
     absent, present = _binary_classes(config)
     result = SynthResult(out_dir=out_dir)

@@ -20,7 +20,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from spurge.errors import RasterError
+from spurge.errors import RasterError, squash
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2"}
 
@@ -55,8 +55,7 @@ def _gdal_reason(exc: BaseException) -> str:
     # rasterio's read error says only "Read failed. See previous exception for details.";
     # GDAL's own message (which block failed, and why) is the exception it chains.
     cause = exc.__cause__ or exc.__context__
-    text = " ".join(str(cause if cause is not None and str(cause) else exc).split())
-    return text if len(text) < 160 else text[:157] + "..."
+    return squash(str(cause if cause is not None and str(cause) else exc), 160)
 
 
 def check_georeferenced(src: Any, path: str | Path) -> None:

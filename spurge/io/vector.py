@@ -21,7 +21,7 @@ from pyproj.exceptions import CRSError
 from shapely.geometry import MultiPoint, Point
 
 from spurge.config import SpeciesConfig
-from spurge.errors import VectorError
+from spurge.errors import VectorError, one_line
 
 VECTOR_SUFFIXES = {".gpkg", ".shp", ".geojson", ".json", ".csv", ".fgb", ".parquet"}
 
@@ -91,8 +91,7 @@ def _read_vector(path: Path) -> gpd.GeoDataFrame:
     except VectorError:
         raise
     except Exception as exc:  # pyogrio/GDAL raise several types for unreadable files
-        reason = " ".join(str(exc).split())[:150]
-        raise VectorError(f"cannot read as a vector file ({reason})", path) from exc
+        raise VectorError(f"cannot read as a vector file ({one_line(exc, 150)})", path) from exc
 
 
 def _single_geometry(geom: Any) -> Any:
