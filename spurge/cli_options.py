@@ -50,10 +50,15 @@ class LazyChoice(click.Choice[str]):
         self._load = load
         self.case_sensitive = case_sensitive
 
-    @property  # type: ignore[override]
+    @property
     def choices(self) -> tuple[str, ...]:
         # Not cached: a backbone registered after the first look (a plug-in) still shows.
         return tuple(self._load())
+
+    @choices.setter
+    def choices(self, value: Iterable[str]) -> None:
+        fixed = tuple(value)
+        self._load = lambda: fixed
 
 
 def flag_for(command: click.Command | None, param: str) -> str | None:

@@ -14,8 +14,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _find_testdata() -> Path:
-    """$SPURGE_TESTDATA, else ``shared/testdata`` beside the checkout or beside a folder above
-    it (git worktrees live one level deeper, e.g. ``wt/<branch>``, than the main checkout)."""
+    """Where the shared real test data lives.
+
+    $SPURGE_TESTDATA, else ``shared/testdata`` beside the checkout or beside a folder above it
+    (git worktrees live one level deeper, e.g. ``wt/<branch>``, than the main checkout).
+    """
     if os.environ.get("SPURGE_TESTDATA"):
         return Path(os.environ["SPURGE_TESTDATA"])
     for folder in REPO_ROOT.parents:

@@ -18,6 +18,7 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from spurge.errors import RasterError, squash
@@ -26,7 +27,7 @@ RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2"}
 
 
 @contextlib.contextmanager
-def open_ortho(path: str | Path, *, require_crs: bool = True) -> Iterator[Any]:
+def open_ortho(path: str | Path, *, require_crs: bool = True) -> Iterator[DatasetReader]:
     """Open an orthomosaic read-only, turning GDAL failures into one-line errors."""
     path = Path(path)
     if not path.exists():
@@ -58,7 +59,7 @@ def _gdal_reason(exc: BaseException) -> str:
     return squash(str(cause if cause is not None and str(cause) else exc), 160)
 
 
-def check_georeferenced(src: Any, path: str | Path) -> None:
+def check_georeferenced(src: DatasetReader, path: str | Path) -> None:
     """Refuse rasters without a CRS or a geotransform: their tiles cannot be placed on a map."""
     if src.crs is None:
         raise RasterError("has no CRS (coordinate reference system); georeference it first", path)
@@ -68,7 +69,7 @@ def check_georeferenced(src: Any, path: str | Path) -> None:
         raise RasterError("has a rotated geotransform; warp it north-up first (gdalwarp)", path)
 
 
-def pixel_size_m(src: Any) -> tuple[float, float]:
+def pixel_size_m(src: DatasetReader) -> tuple[float, float]:
     """Ground size of a pixel (x, y) in metres, for projected and geographic CRSs."""
     res_x, res_y = abs(src.transform.a), abs(src.transform.e)
     crs = src.crs
@@ -82,7 +83,9 @@ def pixel_size_m(src: Any) -> tuple[float, float]:
     return float(res_x * factor), float(res_y * factor)
 
 
-def check_bands(src: Any, bands: Sequence[int], alpha_band: int | None, path: str | Path) -> None:
+def check_bands(
+    src: DatasetReader, bands: Sequence[int], alpha_band: int | None, path: str | Path
+) -> None:
     wanted = [*bands, *([alpha_band] if alpha_band else [])]
     missing = [b for b in wanted if b > src.count]
     if missing:
@@ -144,7 +147,7 @@ def sample_windows(width: int, height: int, per_axis: int = 5, size: int = 256) 
 
 
 def compute_scaling(
-    src: Any,
+    src: DatasetReader,
     bands: Sequence[int],
     percentiles: tuple[float, float] = (0.5, 99.5),
     alpha_band: int | None = None,
@@ -175,7 +178,7 @@ def compute_scaling(
 
 
 def valid_mask(
-    src: Any,
+    src: DatasetReader,
     window: Window,
     bands: Sequence[int],
     alpha_band: int | None = None,
@@ -199,7 +202,7 @@ def valid_mask(
 
 
 def read_window_rgb8(
-    src: Any,
+    src: DatasetReader,
     window: Window,
     scaling: BandScaling,
     alpha_band: int | None = None,
