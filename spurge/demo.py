@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from spurge import DEFAULT_SEED
 from spurge.augment import TINY_RANDOM, TokenSettings, augment
@@ -74,16 +74,7 @@ def run_demo(
     )
     tiles_dir = out_dir / "tiles"
     tiles = clock.run("tile", tile_plots, synth.orthos, synth.plots, config, tiles_dir)
-    if model == TINY_RANDOM:
-        # The miniature random Stable Diffusion keeps the demo offline and fast; its images are
-        # noise-like, so the comparison below shows the machinery, not DA-Fusion's real gain.
-        generation = {
-            "per_tile": 1,
-            "steps": 8,
-            "token_settings": TokenSettings(steps=30, batch_size=4),
-        }
-    else:
-        generation = {"per_tile": 4, "steps": 25, "token_settings": TokenSettings()}
+    generation = _generation(model)
     synthetic = clock.run(
         "augment",
         augment,
@@ -123,19 +114,33 @@ def run_demo(
     test_sites = sorted(set(manifest.loc[manifest["split"] == "test", "site"]))
     held_out = [o for o in synth.orthos if o.stem in test_sites] or synth.orthos[-1:]
     maps = clock.run("map", map_orthos, held_out, out_dir / "run", out_dir / "maps")
+    results = (synth, tiles, synthetic, run, comparison, maps, clock)
     html = [p for m in maps.maps for k, p in m.outputs.items() if k == "html"]
-    test_metrics = run.test or {}
+    return _closing(out_dir, results, run.test or {}, test_sites, html)
+
+
+def _generation(model: str) -> dict[str, Any]:
+    """Augment settings for the demo's Stable Diffusion ``model``."""
+    if model == TINY_RANDOM:
+        # The miniature random Stable Diffusion keeps the demo offline and fast; its images are
+        # noise-like, so the comparison below shows the machinery, not DA-Fusion's real gain.
+        return {"per_tile": 1, "steps": 8, "token_settings": TokenSettings(steps=30, batch_size=4)}
+    return {"per_tile": 4, "steps": 25, "token_settings": TokenSettings()}
+
+
+def _closing(
+    out_dir: Path,
+    results: tuple[Any, ...],
+    test_metrics: dict[str, Any],
+    test_sites: list[str],
+    html: list[Path],
+) -> str:
+    """The demo's last words: each stage's summary, the held-out accuracy, every output file."""
     accuracy = test_metrics.get("balanced_accuracy", test_metrics.get("accuracy"))
     files = sorted(p for p in out_dir.rglob("*") if p.is_file() and "images" not in p.parts)
     lines = [
         "spurge demo finished.",
-        synth.summary(),
-        tiles.summary(),
-        synthetic.summary(),
-        run.summary(),
-        comparison.summary(),
-        maps.summary(),
-        clock.summary(),
+        *(result.summary() for result in results),
         f"Held-out ({', '.join(test_sites)}) balanced accuracy: "
         + (f"{accuracy:.2f}" if isinstance(accuracy, float) else "n/a"),
         f"Outputs ({len(files)} files; tile and synthetic images not listed):",
