@@ -12,6 +12,7 @@ as ``stride: <problem>``; the CLI prints the flag the user typed instead (``--st
 from __future__ import annotations
 
 from os import PathLike
+from typing import Any
 
 
 def squash(text: str, limit: int | None = None) -> str:
@@ -64,6 +65,11 @@ class SpurgeError(Exception):
         self.param = param
         super().__init__(self.one_line())
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors cross process boundaries (Dask workers, DataLoader workers): keep the file
+        # and the parameter, which the default pickling (the message alone) would lose.
+        return (_rebuild, (type(self), self.problem, self.path, self.param))
+
     def one_line(self, param_label: str | None = None) -> str:
         """The error as one line: ``<file>: <param>: <problem>``, omitting what is unknown.
 
@@ -104,3 +110,12 @@ class DeviceError(SpurgeError):
 
     def __init__(self, problem: str) -> None:
         super().__init__(problem, param="device")
+
+
+def _rebuild(
+    cls: type[SpurgeError], problem: str, path: str | None, param: str | None
+) -> SpurgeError:
+    """Unpickle a :class:`SpurgeError` subclass whatever its ``__init__`` signature."""
+    error = cls.__new__(cls)
+    SpurgeError.__init__(error, problem, path, param=param)
+    return error

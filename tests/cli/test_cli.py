@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pickle
 import shlex
 from pathlib import Path
 
@@ -229,3 +230,17 @@ def test_unexpected_errors_are_one_line() -> None:
     assert one_line(ValueError("a\n  b\tc")) == "ValueError: a b c"
     assert one_line(KeyError()) == "KeyError"
     assert one_line(RuntimeError("x" * 50), limit=10) == "RuntimeError: xxxxxxx..."
+
+
+def test_errors_keep_file_and_parameter_across_processes() -> None:
+    """Dask and DataLoader workers pickle errors; the CLI still needs .path and .param."""
+    from spurge.errors import DeviceError
+
+    for error in (
+        SpurgeError("bad\n value", "a.tif", param="stride"),
+        DeviceError("'cuda' requested but CUDA is not available on this machine"),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert (copy.problem, copy.path, copy.param) == (error.problem, error.path, error.param)
+        assert str(copy) == str(error)
