@@ -72,12 +72,6 @@ def flag_for(command: click.Command | None, param: str) -> str | None:
     return None
 
 
-def _apply(func: F, options: Sequence[Callable[[F], F]]) -> F:
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
 def config_option(func: F) -> F:
     """``--config NAME|FILE``: the species config (passed on as ``config_path``)."""
     names = ", ".join(shipped_config_names())
@@ -170,12 +164,3 @@ def backbone_option(help: str) -> Callable[[F], F]:
         show_default=True,
         help=help,
     )
-
-
-def shared_options(*options: Callable[[F], F]) -> Callable[[F], F]:
-    """Several option decorators as one, applied in the order listed (top to bottom)."""
-
-    def decorator(func: F) -> F:
-        return _apply(func, options)
-
-    return decorator
