@@ -17,9 +17,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/spurge demo
 
+# ruff (style, imports, Google-style docstrings) and mypy (non-strict; see pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format .

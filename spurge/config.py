@@ -1,7 +1,13 @@
-"""Species configuration: one YAML file per invasive species in ``configs/``.
+"""Species configuration: one YAML file per invasive species.
 
 A config says what the classes are, how plots are cut into tiles and which prompts the
 diffusion augmentation uses. Adding a species means adding a YAML file; no code changes.
+
+``--config`` takes a path or a bare name. A path that is a file is read as it is. A bare name
+(one path component, no suffix) that is not a file (it may be absent, or a folder of that name
+in the working directory) is looked up as ``./configs/NAME.yaml`` first, so a species config
+being written in the working directory wins (docs/new-species.md), then among the configs
+shipped inside the package (``spurge/resources/configs``), so an installed wheel finds them.
 """
 
 from __future__ import annotations
@@ -15,8 +21,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spurge.errors import ConfigError
+from spurge.resources import CONFIG_DIR
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: The config every command uses unless ``--config`` says otherwise.
+DEFAULT_CONFIG = "leafy_spurge"
+
+#: Where a bare config name is looked up before the shipped configs (relative to the cwd).
+LOCAL_CONFIG_DIR = Path("configs")
 
 
 class ClassSpec(BaseModel):
@@ -148,13 +159,46 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
-def load_config(path: str | Path) -> SpeciesConfig:
-    """Load and validate a species config; a bare name looks in ``configs/``."""
+def shipped_config_names() -> list[str]:
+    """Names of the configs that ship with spurge (``leafy_spurge``, ...), sorted."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """The YAML file ``path`` means: itself if a file, else a named config (module docstring).
+
+    Raises:
+        ConfigError: Nothing matches; the message lists where a bare name was looked for.
+    """
     path = Path(path)
-    if not path.exists() and path.suffix == "" and (CONFIG_DIR / f"{path}.yaml").exists():
-        path = CONFIG_DIR / f"{path}.yaml"
-    if not path.is_file():
+    if path.is_file():
+        return path
+    bare = len(path.parts) == 1 and path.suffix == "" and path.name not in ("", ".", "..")
+    if not bare:
         raise ConfigError("config file not found", path)
+    for folder in (LOCAL_CONFIG_DIR, CONFIG_DIR):
+        candidate = folder / f"{path.name}.yaml"
+        if candidate.is_file():
+            return candidate
+    shipped = ", ".join(shipped_config_names()) or "none"
+    raise ConfigError(
+        f"config not found: not a file, no {LOCAL_CONFIG_DIR / path.name}.yaml, and not one "
+        f"of the configs shipped with spurge ({shipped})",
+        path,
+    )
+
+
+def load_config(path: str | Path) -> SpeciesConfig:
+    """Load and validate a species config from a YAML file or a config name.
+
+    Args:
+        path: A YAML file, or a bare name such as ``leafy_spurge`` (module docstring).
+
+    Raises:
+        ConfigError: The file is missing, not YAML, or not a valid config; the message names
+            the key at fault.
+    """
+    path = resolve_config_path(path)
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except ConfigError as exc:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from spurge import DEFAULT_SEED
 from spurge.augment import TINY_RANDOM, TokenSettings, augment
-from spurge.config import load_config
+from spurge.config import DEFAULT_CONFIG, load_config
+from spurge.device import DEFAULT_DEVICE, resolve_device
 from spurge.evaluate import evaluate
 from spurge.io.tiles import read_tile_manifest
 from spurge.mapping import map_orthos
@@ -41,7 +43,10 @@ class StageClock:
 
 
 def run_demo(
-    out_dir: str | Path, seed: int = 0, model: str = TINY_RANDOM, device: str | None = None
+    out_dir: str | Path,
+    seed: int = DEFAULT_SEED,
+    model: str = TINY_RANDOM,
+    device: str | None = DEFAULT_DEVICE,
 ) -> str:
     """Run every stage on synthetic data and return the closing summary.
 
@@ -50,9 +55,13 @@ def run_demo(
     which then gets DA-Fusion's real settings (1000 token steps, 25 sampling steps, 4 images
     per tile; a GPU is advisable). ``device`` (e.g. ``cpu``, ``cuda``) defaults to a GPU when
     there is one.
+
+    Raises:
+        DeviceError: ``device`` is not on this machine (checked before any stage runs).
     """
     out_dir = Path(out_dir)
-    config = load_config("leafy_spurge")
+    resolve_device(device)  # a missing GPU is refused now, not after synth and tile
+    config = load_config(DEFAULT_CONFIG)
     clock = StageClock()
     synth = clock.run(
         "synth",
@@ -65,16 +74,7 @@ def run_demo(
     )
     tiles_dir = out_dir / "tiles"
     tiles = clock.run("tile", tile_plots, synth.orthos, synth.plots, config, tiles_dir)
-    if model == TINY_RANDOM:
-        # The miniature random Stable Diffusion keeps the demo offline and fast; its images are
-        # noise-like, so the comparison below shows the machinery, not DA-Fusion's real gain.
-        generation = {
-            "per_tile": 1,
-            "steps": 8,
-            "token_settings": TokenSettings(steps=30, batch_size=4),
-        }
-    else:
-        generation = {"per_tile": 4, "steps": 25, "token_settings": TokenSettings()}
+    generation = _generation(model)
     synthetic = clock.run(
         "augment",
         augment,
@@ -114,19 +114,33 @@ def run_demo(
     test_sites = sorted(set(manifest.loc[manifest["split"] == "test", "site"]))
     held_out = [o for o in synth.orthos if o.stem in test_sites] or synth.orthos[-1:]
     maps = clock.run("map", map_orthos, held_out, out_dir / "run", out_dir / "maps")
+    results = (synth, tiles, synthetic, run, comparison, maps, clock)
     html = [p for m in maps.maps for k, p in m.outputs.items() if k == "html"]
-    test_metrics = run.test or {}
+    return _closing(out_dir, results, run.test or {}, test_sites, html)
+
+
+def _generation(model: str) -> dict[str, Any]:
+    """Augment settings for the demo's Stable Diffusion ``model``."""
+    if model == TINY_RANDOM:
+        # The miniature random Stable Diffusion keeps the demo offline and fast; its images are
+        # noise-like, so the comparison below shows the machinery, not DA-Fusion's real gain.
+        return {"per_tile": 1, "steps": 8, "token_settings": TokenSettings(steps=30, batch_size=4)}
+    return {"per_tile": 4, "steps": 25, "token_settings": TokenSettings()}
+
+
+def _closing(
+    out_dir: Path,
+    results: tuple[Any, ...],
+    test_metrics: dict[str, Any],
+    test_sites: list[str],
+    html: list[Path],
+) -> str:
+    """The demo's last words: each stage's summary, the held-out accuracy, every output file."""
     accuracy = test_metrics.get("balanced_accuracy", test_metrics.get("accuracy"))
     files = sorted(p for p in out_dir.rglob("*") if p.is_file() and "images" not in p.parts)
     lines = [
         "spurge demo finished.",
-        synth.summary(),
-        tiles.summary(),
-        synthetic.summary(),
-        run.summary(),
-        comparison.summary(),
-        maps.summary(),
-        clock.summary(),
+        *(result.summary() for result in results),
         f"Held-out ({', '.join(test_sites)}) balanced accuracy: "
         + (f"{accuracy:.2f}" if isinstance(accuracy, float) else "n/a"),
         f"Outputs ({len(files)} files; tile and synthetic images not listed):",

@@ -257,7 +257,9 @@ def render_site(
     forbs = np.zeros(shape, dtype=np.float32)
     cluster_sites = [c for c, has in zip(centres, plot_has_patch, strict=True) if not has]
     cluster_sites = [c for c in cluster_sites if rng.random() < 0.6]
-    cluster_sites += [tuple(int(v) for v in rng.integers(0, size_px, 2)) for _ in range(3)]
+    for _ in range(3):
+        row, col = (int(v) for v in rng.integers(0, size_px, 2))
+        cluster_sites.append((row, col))
     for row, col in cluster_sites:
         spread = plot_px * rng.uniform(0.2, 0.5)
         for _ in range(int(rng.integers(10, 40))):
@@ -340,9 +342,9 @@ def synthesize(
     plot_px = config.plot_size_px
     if size_px < 4 * plot_px:
         raise SpurgeError(
-            f"--size-px {size_px} is too small for nine {config.plot_size_m} m plots "
+            f"{size_px} px is too small for nine {config.plot_size_m} m plots "
             f"({plot_px} px each at {config.gsd_m} m/px): use at least {4 * plot_px}",
-            out_dir,
+            param="size_px",
         )
     absent, present = _binary_classes(config)
     result = SynthResult(out_dir=out_dir)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from spurge.device import resolve_device
-from spurge.errors import ModelError
+from spurge.errors import ModelError, one_line
 from spurge.io.atomic import atomic_path, sha256_file, write_text_atomic
 
 TINY_RANDOM = "tiny-random"
@@ -278,9 +278,8 @@ def _hub_snapshot(model: str) -> Path:
     try:
         return Path(snapshot_download(model))  # downloads once, then the local cache
     except Exception as exc:  # offline, unknown id, auth...
-        message = " ".join(str(exc).split())[:160]
         raise ModelError(
-            f"cannot fetch hub model ({type(exc).__name__}: {message}); pass a local "
+            f"cannot fetch hub model ({one_line(exc, 160)}); pass a local "
             "folder or a .safetensors/.ckpt file",
             model,
         ) from exc
@@ -329,10 +328,7 @@ def load_model(
         except ModelError:
             raise
         except Exception as exc:  # diffusers/hub raise many unrelated types
-            message = " ".join(str(exc).split())[:200]
-            raise ModelError(
-                f"cannot load diffusion model ({type(exc).__name__}: {message})", model
-            ) from exc
+            raise ModelError(f"cannot load diffusion model ({one_line(exc, 200)})", model) from exc
         pipe.scheduler = make_scheduler(sampler, dict(pipe.scheduler.config))
         pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(torch_device)

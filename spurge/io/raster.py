@@ -19,15 +19,16 @@ import rasterio
 from pyproj import CRS, Proj, Transformer
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from spurge.errors import RasterError
+from spurge.errors import RasterError, squash
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2"}
 
 
 @contextlib.contextmanager
-def open_ortho(path: str | Path, *, require_crs: bool = True) -> Iterator[Any]:
+def open_ortho(path: str | Path, *, require_crs: bool = True) -> Iterator[DatasetReader]:
     """Open an orthomosaic read-only, turning GDAL failures into one-line errors."""
     path = Path(path)
     if not path.exists():
@@ -56,11 +57,10 @@ def _gdal_reason(exc: BaseException) -> str:
     # rasterio's read error says only "Read failed. See previous exception for details.";
     # GDAL's own message (which block failed, and why) is the exception it chains.
     cause = exc.__cause__ or exc.__context__
-    text = " ".join(str(cause if cause is not None and str(cause) else exc).split())
-    return text if len(text) < 160 else text[:157] + "..."
+    return squash(str(cause if cause is not None and str(cause) else exc), 160)
 
 
-def check_georeferenced(src: Any, path: str | Path) -> None:
+def check_georeferenced(src: DatasetReader, path: str | Path) -> None:
     """Refuse rasters without a CRS or a geotransform: their tiles cannot be placed on a map."""
     if src.crs is None and src.gcps[0]:
         raise RasterError("is georeferenced by GCPs: warp it first (gdalwarp)", path)
@@ -126,7 +126,7 @@ def projection_scale(crs: Any, x: float, y: float) -> tuple[float, float]:
     return 1.0 / along_x, 1.0 / along_y
 
 
-def pixel_size_m(src: Any) -> tuple[float, float]:
+def pixel_size_m(src: DatasetReader) -> tuple[float, float]:
     """Ground size of a pixel (x, y) in metres at the raster's centre.
 
     Geographic CRSs: metres per degree at the centre latitude. Projected CRSs: the CRS's
@@ -149,7 +149,9 @@ def pixel_size_m(src: Any) -> tuple[float, float]:
     return float(res_x * factor * scale_x), float(res_y * factor * scale_y)
 
 
-def check_bands(src: Any, bands: Sequence[int], alpha_band: int | None, path: str | Path) -> None:
+def check_bands(
+    src: DatasetReader, bands: Sequence[int], alpha_band: int | None, path: str | Path
+) -> None:
     wanted = [*bands, *([alpha_band] if alpha_band else [])]
     missing = [b for b in wanted if b > src.count]
     if missing:
@@ -211,7 +213,7 @@ def sample_windows(width: int, height: int, per_axis: int = 5, size: int = 256) 
 
 
 def compute_scaling(
-    src: Any,
+    src: DatasetReader,
     bands: Sequence[int],
     percentiles: tuple[float, float] = (0.5, 99.5),
     alpha_band: int | None = None,
@@ -247,7 +249,7 @@ def _all_valid(src: Any, bands: Sequence[int]) -> bool:
 
 
 def valid_mask(
-    src: Any,
+    src: DatasetReader,
     window: Window,
     bands: Sequence[int],
     alpha_band: int | None = None,
@@ -275,7 +277,7 @@ def valid_mask(
 
 
 def read_window_rgb8(
-    src: Any,
+    src: DatasetReader,
     window: Window,
     scaling: BandScaling,
     alpha_band: int | None = None,

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from affine import Affine
+
 from spurge.config import SpeciesConfig
 from spurge.errors import ManifestError
 from spurge.io.atomic import write_text_atomic
@@ -43,7 +45,7 @@ class Source:
     crs: str
     width: int
     height: int
-    transform: Any
+    transform: Affine
     pixel_size_m: tuple[float, float]
     scaling: BandScaling
     size_bytes: int

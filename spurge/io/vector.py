@@ -21,7 +21,7 @@ from pyproj.exceptions import CRSError
 from shapely.geometry import MultiPoint, Point
 
 from spurge.config import SpeciesConfig
-from spurge.errors import VectorError
+from spurge.errors import VectorError, one_line
 
 VECTOR_SUFFIXES = {".gpkg", ".shp", ".geojson", ".json", ".csv", ".fgb", ".parquet"}
 
@@ -96,8 +96,7 @@ def _read_parquet(path: Path) -> gpd.GeoDataFrame:
     try:
         return gpd.read_parquet(path)
     except Exception as exc:  # pyarrow and geopandas raise several types
-        reason = " ".join(str(exc).split())[:150]
-        raise VectorError(f"cannot read as GeoParquet ({reason})", path) from exc
+        raise VectorError(f"cannot read as GeoParquet ({one_line(exc, 150)})", path) from exc
 
 
 def _read_vector(path: Path, layer: str | None = None) -> gpd.GeoDataFrame:
@@ -105,8 +104,7 @@ def _read_vector(path: Path, layer: str | None = None) -> gpd.GeoDataFrame:
     try:
         names = [str(row[0]) for row in pyogrio.list_layers(path)]
     except Exception as exc:  # pyogrio/GDAL raise several types for unreadable files
-        reason = " ".join(str(exc).split())[:150]
-        raise VectorError(f"cannot read as a vector file ({reason})", path) from exc
+        raise VectorError(f"cannot read as a vector file ({one_line(exc, 150)})", path) from exc
     if not names:
         raise VectorError("has no layers (no plots)", path)
     if layer is not None and layer not in names:
@@ -119,8 +117,7 @@ def _read_vector(path: Path, layer: str | None = None) -> gpd.GeoDataFrame:
     try:
         frame = gpd.read_file(path, layer=layer or names[0])
     except Exception as exc:
-        reason = " ".join(str(exc).split())[:150]
-        raise VectorError(f"cannot read as a vector file ({reason})", path) from exc
+        raise VectorError(f"cannot read as a vector file ({one_line(exc, 150)})", path) from exc
     frame.attrs["layer"] = layer or names[0]
     frame.attrs["n_layers"] = len(names)
     return frame

@@ -31,9 +31,9 @@ from rio_cogeo.profiles import cog_profiles
 
 from spurge.errors import OutputError
 from spurge.io.atomic import atomic_path, write_text_atomic
+from spurge.resources import PROBABILITY_QML
 
 NODATA = 255
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "maps" / "templates"
 #: Colour ramp shared by the COG colour table, the QGIS style and the HTML legend.
 RAMP = "YlOrRd"
 #: Largest side (px) of the Web-Mercator overlay embedded in the HTML page.
@@ -175,8 +175,8 @@ def _concat(*frames: gpd.GeoDataFrame) -> Any:
 
 
 def write_qml(path: Path, title: str, threshold: float) -> None:
-    """QGIS style for the probability raster, from ``maps/templates/probability.qml``."""
-    template_path = TEMPLATE_DIR / "probability.qml"
+    """QGIS style for the probability raster, from ``spurge/resources/qgis/probability.qml``."""
+    template_path = PROBABILITY_QML
     if not template_path.is_file():
         raise OutputError("QGIS style template missing from the installation", template_path)
     palette = probability_palette()

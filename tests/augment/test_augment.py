@@ -22,7 +22,7 @@ from spurge.errors import ConfigError, DeviceError, ManifestError, ModelError
 from spurge.io.synthetic import read_synthetic_manifest, synthetic_image_path
 from tests.builders import make_small_tiles as make_tiles
 from tests.builders import tiny_config
-from tests.conftest import TESTDATA
+from tests.conftest import require_testdata
 
 FAST = dict(model="tiny-random", steps=4, batch_size=4, progress=False)
 TOKENS = TokenSettings(steps=3, batch_size=2, seed=0)
@@ -422,9 +422,7 @@ def test_help_is_real():
 
 def test_real_drone_tiles(tmp_path):
     """Tiles cut from a real georeferenced drone ortho (australia.tif) go through augment."""
-    ortho = TESTDATA / "australia.tif"
-    if not ortho.is_file():
-        pytest.skip("shared test data not available")
+    ortho = require_testdata("australia.tif")
     import geopandas as gpd
     from rasterio.windows import Window, bounds
     from shapely.geometry import box

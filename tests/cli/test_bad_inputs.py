@@ -47,7 +47,7 @@ from spurge.io.atomic import TMP_PREFIX, sha256_file
 from spurge.io.raster import BandScaling
 from spurge.mapping.run import CHECKPOINT_PREFIX
 from tests import builders
-from tests.conftest import REPO_ROOT, TESTDATA, make_tiny_config
+from tests.conftest import REPO_ROOT, TESTDATA, make_tiny_config, require_testdata
 
 # A 256 x 256 px orthomosaic at the tiny config's 5 cm GSD in UTM 12N: 12.8 m square,
 # room for 3 x 3 plots of 3.2 m (64 px), each cut into four 32 px quarter tiles.
@@ -87,10 +87,7 @@ class World:
     a_file: Path
 
     def testdata(self, name: str) -> Path:
-        path = TESTDATA / name
-        if not path.is_file():
-            pytest.skip(f"shared test data {name} is not available")
-        return path
+        return require_testdata(name)
 
 
 def _texture(seed: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from spurge.classifier import (
     save_model,
 )
 from spurge.errors import ModelError
-from tests.conftest import TESTDATA
+from tests.conftest import require_testdata
 
 
 def test_registry_names():
@@ -45,13 +45,10 @@ def test_efficientnet_lite0_weights_are_the_package_tensors():
 
 def test_efficientnet_lite0_on_a_known_image_is_not_uniform():
     """With its ImageNet head, a real aerial image gives a confident, peaked prediction."""
+    import rasterio
     import timm
 
-    if not TESTDATA.is_dir():
-        pytest.skip("shared test data not available")
-    import rasterio
-
-    with rasterio.open(TESTDATA / "OSBS_029.tif") as src:
+    with rasterio.open(require_testdata("OSBS_029.tif")) as src:
         image = src.read([1, 2, 3], window=((0, 224), (0, 224)))
     model = timm.create_model("efficientnet_lite0", pretrained=False)
     load_efficientnet_lite0_state(model, with_classifier=True)
