@@ -23,7 +23,7 @@ from shapely.geometry import box
 
 from spurge.cli import cli
 from spurge.errors import ModelError, OutputError, RasterError
-from spurge.mapping import GsdWarning, map_orthos
+from spurge.mapping import GsdWarning, MapSettings, map_orthos
 from spurge.mapping import run as map_run
 from spurge.synthetic import synthesize
 from tests.builders import GSD, TILE_PX
@@ -254,9 +254,7 @@ def _cli(*args: str):
 
 def test_cli_maps_and_prints_summary(synth, run_dir, tmp_path):
     out = tmp_path / "cli"
-    res = _cli(
-        str(synth.orthos[0]), "--model", str(run_dir), "--out", str(out), "--threshold", "0.6"
-    )
+    res = _cli(str(synth.orthos[0]), "--run", str(run_dir), "--out", str(out), "--threshold", "0.6")
     assert res.exit_code == 0, res.output
     assert "Mapped 1 orthomosaic(s)" in res.output and "0.60" in res.output
     assert (out / f"{synth.orthos[0].stem}_prob.tif").is_file()
@@ -273,9 +271,7 @@ def _assert_one_line_error(res, *needles: str) -> None:
 def test_band_mismatch_is_refused(synth, tmp_path):
     run = make_model(tmp_path / "run5", make_tiny_config(bands=[1, 2, 5]))
     out = tmp_path / "out"
-    _assert_one_line_error(
-        _cli(str(synth.orthos[0]), "--model", str(run), "--out", str(out)), "band"
-    )
+    _assert_one_line_error(_cli(str(synth.orthos[0]), "--run", str(run), "--out", str(out)), "band")
     assert not out.exists()
 
 
@@ -298,7 +294,7 @@ def _ortho_without_crs(path: Path) -> Path:
 def test_ortho_without_crs_is_refused(synth, run_dir, tmp_path):
     ortho = _ortho_without_crs(tmp_path / "nocrs.tif")
     out = tmp_path / "out"
-    _assert_one_line_error(_cli(str(ortho), "--model", str(run_dir), "--out", str(out)), "CRS")
+    _assert_one_line_error(_cli(str(ortho), "--run", str(run_dir), "--out", str(out)), "CRS")
     assert not out.exists()
 
 
@@ -310,7 +306,7 @@ def test_gsd_far_from_model_warns_or_refuses(synth, run_dir, tmp_path):
     with rasterio.open(coarse, "w", **profile) as dst:
         dst.write(data)
     _assert_one_line_error(
-        _cli(str(coarse), "--model", str(run_dir), "--out", str(tmp_path / "r"), "--gsd", "refuse"),
+        _cli(str(coarse), "--run", str(run_dir), "--out", str(tmp_path / "r"), "--gsd", "refuse"),
         "GSD",
     )
     with pytest.warns(GsdWarning):
@@ -324,7 +320,7 @@ def test_unwritable_output_is_refused(synth, run_dir, tmp_path):
     with pytest.raises(OutputError):
         map_orthos([synth.orthos[0]], run_dir, blocker / "maps", progress=False)
     _assert_one_line_error(
-        _cli(str(synth.orthos[0]), "--model", str(run_dir), "--out", str(blocker)), "folder"
+        _cli(str(synth.orthos[0]), "--run", str(run_dir), "--out", str(blocker)), "folder"
     )
 
 
@@ -339,7 +335,7 @@ def test_corrupt_model_is_refused(synth, run_dir, tmp_path):
         map_orthos([synth.orthos[0]], bad, tmp_path / "out", progress=False)
     (bad / "model.json").write_text("{ not json")
     _assert_one_line_error(
-        _cli(str(synth.orthos[0]), "--model", str(bad), "--out", str(tmp_path / "out")),
+        _cli(str(synth.orthos[0]), "--run", str(bad), "--out", str(tmp_path / "out")),
         "model.json",
     )
     assert not (tmp_path / "out").exists()
@@ -420,18 +416,52 @@ def test_block_region_crops_equal_direct_window_reads(synth, run_dir, tmp_path):
 def test_cli_help_lists_the_map_options():
     res = CliRunner().invoke(cli, ["map", "--help"])
     assert res.exit_code == 0
+    options = {line.split()[0].rstrip(",") for line in res.output.splitlines() if "  --" in line}
     for option in [
-        "--model",
+        "--run",
         "--out",
         "--stride",
         "--threshold",
-        "--workers",
+        "--outputs",
+        "--dask-workers",
         "--scheduler",
         "--blend",
         "--gsd",
         "--survey-points",
     ]:
-        assert option in res.output
+        assert option in options, res.output
+    # The old names still work (test below) but are not advertised.
+    assert "--model" not in res.output and "--workers " not in res.output
+
+
+@pytest.mark.parametrize(
+    "run_flag, workers_flag", [("--run", "--dask-workers"), ("--model", "--workers")]
+)
+def test_cli_new_and_old_option_names_build_the_same_settings(
+    run_flag, workers_flag, synth, run_dir, tmp_path, monkeypatch
+):
+    seen = {}
+
+    def fake_map(orthos, run, out, settings):
+        seen.update(run=run, out=out, settings=settings)
+        return map_run.MapResult(out_dir=out)
+
+    monkeypatch.setattr("spurge.mapping.map_orthos", fake_map)
+    res = _cli(
+        str(synth.orthos[0]), run_flag, str(run_dir), "--out", str(tmp_path), workers_flag, "3",
+        "--stride", "7", "--threshold", "0.3", "--outputs", "gpkg,cog",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert seen["run"] == run_dir and seen["out"] == tmp_path
+    assert seen["settings"] == MapSettings(
+        stride=7, threshold=0.3, dask_workers=3, outputs=("gpkg", "cog")
+    )
+    assert seen["settings"].writer_names == ("cog", "gpkg")
+
+
+def test_cli_without_a_run_folder_is_a_usage_error(synth):
+    res = _cli(str(synth.orthos[0]))
+    assert res.exit_code == 2 and "--run" in res.output
 
 
 def test_bad_second_ortho_stops_before_anything_is_written(synth, run_dir, tmp_path):
