@@ -65,6 +65,12 @@ def check_card(card: ModelCard, run_dir: Path) -> None:
         raise ModelError(
             f"class_names {card.class_names} differ from the config's {config.class_names}", path
         )
+    if (card.tile_size_px, card.gsd_m) != (config.tile_size_px, config.gsd_m):
+        raise ModelError(
+            f"tile_size_px {card.tile_size_px} / gsd_m {card.gsd_m} differ from the config's "
+            f"{config.tile_size_px} / {config.gsd_m}",
+            path,
+        )
     expected = card.tile_size_px * card.gsd_m
     if not math.isclose(card.tile_size_m, expected, rel_tol=1e-6):
         raise ModelError(

@@ -348,10 +348,13 @@ def write_products(
     try:
         for name in writer_names:
             files = {key: paths[key] for key in WRITERS[name].files}
-            temps = {key: temporary_sibling(final) for key, final in files.items()}
+            temps = _Tracked({key: temporary_sibling(final) for key, final in files.items()})
             temporaries.update(temps)
-            with _naming(files[next(iter(files))]):
+            try:
                 WRITERS[name].write(product, temps)
+            except OSError as exc:  # name the file being written: the last one looked up
+                with _naming(files[temps.last or next(iter(files))]):
+                    raise exc
         outputs = {
             key: {"path": paths[key].name, "sha256": sha256_file(tmp)}
             for key, tmp in temporaries.items()
@@ -368,6 +371,16 @@ def write_products(
         for path in [*temporaries.values(), *renamed]:
             path.unlink(missing_ok=True)
         raise
+
+
+class _Tracked(dict):
+    """Paths of one writer's files, remembering which was looked up last."""
+
+    last: str | None = None
+
+    def __getitem__(self, key: str) -> Path:
+        self.last = key
+        return super().__getitem__(key)
 
 
 @contextlib.contextmanager
