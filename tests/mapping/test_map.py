@@ -506,3 +506,28 @@ def test_existing_scheduler_gives_same_bytes(synth, run_dir, mapped, tmp_path):
         )
     assert "Dask: tcp://" in result.summary() or "Dask: inproc://" in result.summary()
     assert _files(tmp_path) == _files(reference)
+
+
+def test_outputs_choose_the_writers(synth, run_dir, mapped, tmp_path):
+    _, reference = mapped
+    out = tmp_path / "some"
+    name = synth.orthos[0].stem
+    res = _cli(
+        str(synth.orthos[0]), "--run", str(run_dir), "--out", str(out), "--outputs", "gpkg,cog"
+    )
+    assert res.exit_code == 0, res.output
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(
+        f"{name}{s}"
+        for s in ["_prob.tif", "_presence.tif", "_uncertainty.tif", ".gpkg", ".map.json"]
+    )
+    for file in [w for w in written if not w.endswith(".map.json")]:
+        assert (out / file).read_bytes() == (reference / file).read_bytes(), file
+    record = json.loads((out / f"{name}.map.json").read_text())
+    assert sorted(record["outputs"]) == ["gpkg", "presence", "prob", "uncertainty"]
+    # Asking for more outputs later is not "already mapped".
+    again = map_orthos([synth.orthos[0]], run_dir, out, block_windows=8, progress=False)
+    assert not again.maps[0].up_to_date
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+    bad = _cli(str(synth.orthos[0]), "--run", str(run_dir), "--out", str(out), "--outputs", "tif")
+    assert bad.exit_code == 2 and "'tif': choose from cog, geojson, gpkg, qml, html" in bad.output
