@@ -620,15 +620,12 @@ def _map_outputs(ctx: click.Context, param: click.Parameter, value: str | None) 
     """``--outputs cog,geojson``: names of the map WRITERS registry (None: all of them)."""
     if value is None:
         return None
-    from spurge.mapping.products import WRITERS
+    from spurge.mapping.settings import parse_outputs
 
-    names = tuple(v.strip() for v in value.split(",") if v.strip())
-    unknown = [n for n in names if n not in WRITERS]
-    if unknown or not names:
-        raise click.BadParameter(
-            f"{unknown[0] if unknown else value!r}: choose from {', '.join(WRITERS)}"
-        )
-    return names
+    try:
+        return parse_outputs(value)
+    except SpurgeError as exc:
+        raise click.BadParameter(exc.problem.removeprefix("--outputs: ")) from exc
 
 
 @cli.command(name="map")

@@ -115,7 +115,9 @@ def _check_gsd(ortho: Path, px: tuple[float, float], card: ModelCard, s: MapSett
         )
 
 
-def _grid(src: Any, ortho: Path, px: tuple[float, float], card: ModelCard, stride: int | None):
+def _grid(
+    src: Any, ortho: Path, px: tuple[float, float], card: ModelCard, stride: int | None
+) -> MapGrid:
     window_w = round(card.tile_size_m / px[0])
     window_h = round(card.tile_size_m / px[1])
     if window_w < 2 or window_h < 2:

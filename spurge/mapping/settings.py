@@ -77,7 +77,7 @@ class MapSettings:
             raise SpurgeError(f"gsd_tolerance must be at least 1, got {self.gsd_tolerance}")
         self._check_dask()
         if self.outputs is not None:
-            object.__setattr__(self, "outputs", _known_outputs(self.outputs))
+            object.__setattr__(self, "outputs", parse_outputs(self.outputs))
 
     def _check_dask(self) -> None:
         if self.dask_workers is not None and self.scheduler is not None:
@@ -109,7 +109,8 @@ class MapSettings:
         return values
 
 
-def _known_outputs(outputs: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
+def parse_outputs(outputs: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
+    """Output names (a sequence or ``"cog,gpkg"``), each one of the ``WRITERS`` registry."""
     from spurge.mapping.products import WRITERS
 
     if isinstance(outputs, str):
@@ -118,8 +119,6 @@ def _known_outputs(outputs: tuple[str, ...] | list[str] | str) -> tuple[str, ...
     unknown = [o for o in names if o not in WRITERS]
     if unknown or not names:
         raise SpurgeError(
-            f"--outputs: unknown output {unknown[0]!r}; choose from {', '.join(WRITERS)}"
-            if unknown
-            else f"--outputs: name at least one of {', '.join(WRITERS)}"
+            f"--outputs: {unknown[0] if unknown else ''!r}: choose from {', '.join(WRITERS)}"
         )
     return names
