@@ -64,10 +64,13 @@ class Checkpoint:
         plan_file = self.folder / "plan.json"
         if self.folder.exists() and self._recorded(plan_file) != fingerprint:
             shutil.rmtree(self.folder)  # a different plan: its blocks cannot be reused
-        self.folder.mkdir(exist_ok=True)
-        remove_stale_temporaries(self.folder)
-        if self._recorded(plan_file) != fingerprint:
-            write_text_atomic(plan_file, json.dumps({"fingerprint": fingerprint}))
+        try:
+            self.folder.mkdir(exist_ok=True)
+            remove_stale_temporaries(self.folder)
+            if self._recorded(plan_file) != fingerprint:
+                write_text_atomic(plan_file, json.dumps({"fingerprint": fingerprint}))
+        except OSError as exc:  # a full disk, most likely: say where
+            raise OutputError(f"cannot write ({exc.strerror or exc})", plan_file) from exc
 
     @staticmethod
     def _recorded(plan_file: Path) -> str | None:

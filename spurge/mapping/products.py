@@ -391,9 +391,3 @@ def _naming(path: Path) -> Iterator[None]:
     except OSError as exc:
         reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
         raise OutputError(f"cannot write ({reason})", path) from exc
-
-
-def iter_writer_help() -> Iterator[str]:
-    """``name: help`` of every registered output (for the CLI's ``--outputs`` help)."""
-    for writer in WRITERS.values():
-        yield f"{writer.name} ({writer.help})"
