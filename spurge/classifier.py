@@ -48,6 +48,9 @@ class ModelCard(BaseModel):
     data_hashes: dict[str, str] = Field(default_factory=dict)
     weights_sha256: str = ""
     training: dict[str, Any] = Field(default_factory=dict)
+    #: Absolute tiles folder the model was trained on: ``spurge map`` reuses the band scaling
+    #: its ``sources.json`` recorded for an ortho that was tiled (None: compute it).
+    tiles_dir: str | None = None
 
     @classmethod
     def for_classifier(
@@ -59,6 +62,7 @@ class ModelCard(BaseModel):
         mode: Literal["linear", "finetune"] = "linear",
         data_hashes: dict[str, str] | None = None,
         training: dict[str, Any] | None = None,
+        tiles_dir: str | Path | None = None,
     ) -> ModelCard:
         """The card of a classifier built on ``spec`` for ``config``.
 
@@ -79,6 +83,7 @@ class ModelCard(BaseModel):
             config=config.model_dump(mode="json"),
             data_hashes=data_hashes or {},
             training=training or {},
+            tiles_dir=None if tiles_dir is None else str(Path(tiles_dir).resolve()),
         )
 
     def species_config(self) -> SpeciesConfig:

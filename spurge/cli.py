@@ -610,15 +610,28 @@ def evaluate(
 # --------------------------------------------------------------------------------------------
 
 
+def _map_outputs(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """``--outputs cog,geojson``: names of the map WRITERS registry (None: all of them)."""
+    if value is None:
+        return None
+    from spurge.mapping.settings import parse_outputs
+
+    try:
+        return parse_outputs(value)
+    except SpurgeError as exc:
+        raise click.BadParameter(exc.problem.removeprefix("--outputs: ")) from exc
+
+
 @cli.command(name="map")
 @click.argument("orthos", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
-    "--model",
+    "--run",
     "run_dir",
     type=click.Path(path_type=Path),
-    required=True,
-    help="Run folder from `spurge train` (model.safetensors + model.json).",
+    default=None,
+    help="Run folder from `spurge train` (model.safetensors + model.json).  [required]",
 )
+@click.option("--model", "legacy_run_dir", type=click.Path(path_type=Path), hidden=True)
 @out_option("Output folder.", default=Path("maps"))
 @click.option(
     "--stride",
@@ -634,11 +647,18 @@ def evaluate(
     help="Blended probability at or above which a cell is mapped as presence.",
 )
 @click.option(
-    "--workers",
+    "--outputs",
+    default=None,
+    callback=_map_outputs,
+    help="Comma-separated outputs to write: cog, geojson, gpkg, qml, html [default: all].",
+)
+@click.option(
+    "--dask-workers",
     type=click.IntRange(1),
     default=None,
     help="Map blocks of windows on a local Dask cluster of N worker processes.",
 )
+@click.option("--workers", "legacy_workers", type=click.IntRange(1), hidden=True)
 @click.option(
     "--scheduler",
     default=None,
@@ -677,21 +697,17 @@ def evaluate(
 )
 def map_(
     orthos: tuple[Path, ...],
-    run_dir: Path,
+    run_dir: Path | None,
+    legacy_run_dir: Path | None,
     out_dir: Path,
-    stride: int | None,
-    threshold: float,
-    workers: int | None,
-    scheduler: str | None,
-    blend: str,
-    batch_size: int,
-    survey_points: int,
-    gsd_policy: str,
+    legacy_workers: int | None,
+    **options: Any,
 ) -> None:
     """Predict presence over whole orthomosaics: COG, GeoJSON, GeoPackage, HTML, QGIS style.
 
     Slides the model's tile window over each ORTHO (same band selection and 8-bit scaling
-    as `spurge tile`), blends overlapping windows into a grid of one cell per stride aligned
+    as `spurge tile`; the scaling `spurge tile` recorded when the model's tiles came from this
+    ortho), blends overlapping windows into a grid of one cell per stride aligned
     with the ortho's pixels, and writes into --out, for ORTHO site.tif: site_prob.tif
     (Cloud-Optimized GeoTIFF, 0-100 %, 255 = nodata), site_presence.tif (class index),
     site_uncertainty.tif (entropy), site.geojson (WGS84) and site.gpkg (native CRS) with
@@ -700,28 +716,22 @@ def map_(
 
     \b
     Examples:
-      spurge map runs/synth/site_002.tif --model runs/train/da-fusion --out runs/maps
-      spurge map big_ortho.tif --model runs/train/da-fusion --workers 4 --blend gaussian
+      spurge map site.tif --run runs/spurge --out maps
+      spurge map a.tif b.tif --run runs/spurge --outputs cog,gpkg --dask-workers 4
     """
     import warnings
 
-    from spurge.mapping import GsdWarning, map_orthos
+    from spurge.mapping import GsdWarning, MapSettings, map_orthos
 
+    run_dir = run_dir or legacy_run_dir  # --model: the old name of --run
+    if run_dir is None:
+        raise click.UsageError("Missing option '--run' (the run folder of `spurge train`).")
+    if options["dask_workers"] is None:
+        options["dask_workers"] = legacy_workers  # --workers: the old name of --dask-workers
+    settings = MapSettings(**options)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GsdWarning)
-        result = map_orthos(
-            orthos,
-            run_dir,
-            out_dir,
-            stride=stride,
-            threshold=threshold,
-            workers=workers,
-            scheduler=scheduler,
-            blend=blend,
-            batch_size=batch_size,
-            survey_points=survey_points,
-            gsd_policy=gsd_policy,
-        )
+        result = map_orthos(orthos, run_dir, out_dir, settings)
     for warning in caught:
         if issubclass(warning.category, GsdWarning):
             click.echo(f"warning: {warning.message}", err=True)

@@ -613,6 +613,7 @@ def train(
             "few_shot_tile_ids": few["tile_id"].tolist(),
             "synthetic_dir": str(synthetic_dir) if synthetic_dir is not None else None,
         },
+        tiles_dir=tiles_dir,
     )
     save_model(model.cpu(), card, run_dir)
     _plot_curve(curve, run_dir / CURVE, best_step)

@@ -231,14 +231,19 @@ def _test_colour(pretrained: bool) -> BackboneSpec:
 
 
 def make_colour_model(
-    run_dir: Path, config: SpeciesConfig | None = None, strength: float = 1.0
+    run_dir: Path,
+    config: SpeciesConfig | None = None,
+    strength: float = 1.0,
+    tiles_dir: Path | None = None,
 ) -> Path:
-    """Save the colour-rule model; ``strength=0`` makes one that always says 50/50."""
+    """Save the colour-rule model; ``strength=0`` makes one that always says 50/50;
+    ``tiles_dir`` is recorded in the card as the tiles it was trained on."""
     config = config or TINY_CONFIG
     model, spec = build_classifier("test-colour", 2)
     with torch.no_grad():
         # P(present) crosses 0.5 where 6 % of the window looks like spurge bracts.
         model.head.weight.copy_(torch.tensor([[-40.0], [40.0]]) * strength)
         model.head.bias.copy_(torch.tensor([2.4, -2.4]) * strength)
-    save_model(model, ModelCard.for_classifier("test-colour", spec, config), run_dir)
+    card = ModelCard.for_classifier("test-colour", spec, config, tiles_dir=tiles_dir)
+    save_model(model, card, run_dir)
     return run_dir

@@ -2,6 +2,11 @@
 
 A killed or failing process never leaves a half-written file under its final name, and a
 rename within one directory is atomic on POSIX file systems.
+
+Temporary names are ``.spurge-tmp-<pid>-<random>-<final name>``: the writer's process id lets
+:func:`remove_stale_temporaries` delete only what a dead process left, never the temporaries
+of a run still writing into the same folder (process ids are per machine: two machines
+writing into one shared folder must not share an output folder).
 """
 
 from __future__ import annotations
@@ -34,8 +39,23 @@ def ensure_writable_dir(path: str | Path) -> Path:
 
 
 def temporary_sibling(path: Path) -> Path:
-    """A unique temporary path in the same directory, keeping the suffix for format drivers."""
-    return path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{path.name}")
+    """A unique temporary path in the same directory, keeping the suffix for format drivers
+    and naming the process that owns it."""
+    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}-{path.name}")
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the process named in a temporary's name still runs (False for old names)."""
+    pid = name[len(TMP_PREFIX) :].split("-", 1)[0]
+    if not pid.isdigit():
+        return False  # written before names carried the pid: nobody can still own it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user
+    return True
 
 
 @contextlib.contextmanager
@@ -68,9 +88,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete temporaries left by a killed run; returns how many were removed."""
+    """Delete temporaries left by killed runs (those whose owner process is gone, this
+    process's own excepted); returns how many were removed."""
     removed = 0
     for stale in Path(folder).glob(f"{TMP_PREFIX}*"):
+        if _owner_alive(stale.name):
+            continue
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:

@@ -48,3 +48,22 @@ def test_output_path_that_is_a_file(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(OutputError, match="exists and is not a folder|cannot create"):
         ensure_writable_dir(blocker)
+
+
+def test_only_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from spurge.io.atomic import temporary_sibling
+
+    ours = temporary_sibling(tmp_path / "mine.tif")
+    assert ours.name.startswith(f".spurge-tmp-{os.getpid()}-") and ours.name.endswith("-mine.tif")
+    ours.write_bytes(b"being written")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a process id that no longer runs
+    dead = tmp_path / f".spurge-tmp-{child.pid}-0123456789ab-dead.tif"
+    dead.write_bytes(b"x")
+    (tmp_path / ".spurge-tmp-dir").mkdir()  # an old-style name without a pid
+    assert remove_stale_temporaries(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ours.name]

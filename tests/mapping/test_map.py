@@ -19,11 +19,10 @@ from click.testing import CliRunner
 from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 from scipy import ndimage
-from shapely.geometry import box
 
 from spurge.cli import cli
 from spurge.errors import ModelError, OutputError, RasterError
-from spurge.mapping import GsdWarning, map_orthos
+from spurge.mapping import GsdWarning, MapSettings, map_orthos
 from spurge.mapping import run as map_run
 from spurge.synthetic import synthesize
 from tests.builders import GSD, TILE_PX
@@ -74,6 +73,7 @@ def test_outputs_align_with_ortho(synth, mapped):
     )
     with rasterio.open(synth.orthos[0]) as src:
         ortho_crs, ortho_transform = src.crs, src.transform
+    rasters = {}
     for kind in ["prob", "presence", "uncertainty"]:
         with rasterio.open(out / f"{name}_{kind}.tif") as dst:
             assert dst.crs == ortho_crs
@@ -84,10 +84,22 @@ def test_outputs_align_with_ortho(synth, mapped):
                 x, y = dst.transform @ (col, row)
                 assert (x, y) == pytest.approx(ortho_transform @ (col * STRIDE, row * STRIDE))
             assert dst.dtypes[0] == "uint8" and dst.nodata == 255
-            data = dst.read(1)
-            assert data.max() <= 100 or kind == "presence"
-    summary = result.summary()
-    assert "windows" in summary and "presence polygon" in summary
+            rasters[kind] = dst.read(1)
+    prob, presence, uncertainty = rasters["prob"], rasters["presence"], rasters["uncertainty"]
+    # No nodata in this ortho: every cell is mapped, in range, and the three rasters agree.
+    assert prob.max() <= 100 and uncertainty.max() <= 100
+    assert set(np.unique(presence)) == {0, 1}
+    assert (presence[prob > 50] == 1).all() and (presence[prob < 50] == 0).all()
+    # Two classes: uncertainty is the binary entropy of the probability (rounded to 1 %).
+    p = np.clip(prob / 100, 1e-9, 1 - 1e-9)
+    entropy = -(p * np.log(p) + (1 - p) * np.log(1 - p)) / np.log(2) * 100
+    slope = np.abs(np.log((1 - p) / p)) / np.log(2)  # d(entropy %)/d(prob %)
+    assert (np.abs(uncertainty - entropy) <= 0.5 + 0.5 * slope + 1e-6).all()
+    windows = ((SIZE_PX - TILE_PX) // STRIDE + 1) ** 2
+    assert (result.maps[0].windows, result.maps[0].skipped) == (windows, 0)
+    assert f"{windows} windows of {TILE_PX}x{TILE_PX} px (0 skipped as nodata)" in (
+        result.summary()
+    )
 
 
 def test_probability_is_a_valid_cog(synth, mapped):
@@ -116,8 +128,6 @@ def test_geojson_is_wgs84_and_polygons_sit_on_planted_patches(synth, mapped):
     assert {f["properties"]["class"] for f in points} == {"survey next"}
     assert all(f["properties"]["class"] == "present" for f in polys)
     for f in polys:
-        lon, lat = f["geometry"]["coordinates"][0][0]
-        assert -114 < lon < -110 and 45 < lat < 48  # UTM 12N site near Missoula
         ring = np.asarray(f["geometry"]["coordinates"][0])
         signed = np.sum(ring[:-1, 0] * ring[1:, 1] - ring[1:, 0] * ring[:-1, 1])
         assert signed > 0, "exterior ring must be counter-clockwise (right-hand rule)"
@@ -128,6 +138,15 @@ def test_geojson_is_wgs84_and_polygons_sit_on_planted_patches(synth, mapped):
         assert native.crs == src.crs
         truth, transform = src.read(1), src.transform
     assert len(survey) == len(points)
+    # The WGS84 polygons are the native ones, reprojected: within RFC 7946's 7 decimals of a
+    # degree (about 1 cm), matched by size.
+    wgs84 = gpd.GeoDataFrame.from_features(polys, crs="EPSG:4326").to_crs(native.crs)
+    for a, b in zip(
+        sorted(wgs84.geometry, key=lambda g: g.area),
+        sorted(native.geometry, key=lambda g: g.area),
+        strict=True,
+    ):
+        assert a.hausdorff_distance(b) < 0.01
     assert native["area_m2"].to_numpy() == pytest.approx(native.area.to_numpy(), rel=1e-6)
     assert sorted(native["area_m2"]) == pytest.approx(
         sorted(f["properties"]["area_m2"] for f in polys)
@@ -254,9 +273,7 @@ def _cli(*args: str):
 
 def test_cli_maps_and_prints_summary(synth, run_dir, tmp_path):
     out = tmp_path / "cli"
-    res = _cli(
-        str(synth.orthos[0]), "--model", str(run_dir), "--out", str(out), "--threshold", "0.6"
-    )
+    res = _cli(str(synth.orthos[0]), "--run", str(run_dir), "--out", str(out), "--threshold", "0.6")
     assert res.exit_code == 0, res.output
     assert "Mapped 1 orthomosaic(s)" in res.output and "0.60" in res.output
     assert (out / f"{synth.orthos[0].stem}_prob.tif").is_file()
@@ -273,9 +290,7 @@ def _assert_one_line_error(res, *needles: str) -> None:
 def test_band_mismatch_is_refused(synth, tmp_path):
     run = make_model(tmp_path / "run5", make_tiny_config(bands=[1, 2, 5]))
     out = tmp_path / "out"
-    _assert_one_line_error(
-        _cli(str(synth.orthos[0]), "--model", str(run), "--out", str(out)), "band"
-    )
+    _assert_one_line_error(_cli(str(synth.orthos[0]), "--run", str(run), "--out", str(out)), "band")
     assert not out.exists()
 
 
@@ -298,7 +313,7 @@ def _ortho_without_crs(path: Path) -> Path:
 def test_ortho_without_crs_is_refused(synth, run_dir, tmp_path):
     ortho = _ortho_without_crs(tmp_path / "nocrs.tif")
     out = tmp_path / "out"
-    _assert_one_line_error(_cli(str(ortho), "--model", str(run_dir), "--out", str(out)), "CRS")
+    _assert_one_line_error(_cli(str(ortho), "--run", str(run_dir), "--out", str(out)), "CRS")
     assert not out.exists()
 
 
@@ -310,7 +325,7 @@ def test_gsd_far_from_model_warns_or_refuses(synth, run_dir, tmp_path):
     with rasterio.open(coarse, "w", **profile) as dst:
         dst.write(data)
     _assert_one_line_error(
-        _cli(str(coarse), "--model", str(run_dir), "--out", str(tmp_path / "r"), "--gsd", "refuse"),
+        _cli(str(coarse), "--run", str(run_dir), "--out", str(tmp_path / "r"), "--gsd", "refuse"),
         "GSD",
     )
     with pytest.warns(GsdWarning):
@@ -324,7 +339,7 @@ def test_unwritable_output_is_refused(synth, run_dir, tmp_path):
     with pytest.raises(OutputError):
         map_orthos([synth.orthos[0]], run_dir, blocker / "maps", progress=False)
     _assert_one_line_error(
-        _cli(str(synth.orthos[0]), "--model", str(run_dir), "--out", str(blocker)), "folder"
+        _cli(str(synth.orthos[0]), "--run", str(run_dir), "--out", str(blocker)), "folder"
     )
 
 
@@ -339,7 +354,7 @@ def test_corrupt_model_is_refused(synth, run_dir, tmp_path):
         map_orthos([synth.orthos[0]], bad, tmp_path / "out", progress=False)
     (bad / "model.json").write_text("{ not json")
     _assert_one_line_error(
-        _cli(str(synth.orthos[0]), "--model", str(bad), "--out", str(tmp_path / "out")),
+        _cli(str(synth.orthos[0]), "--run", str(bad), "--out", str(tmp_path / "out")),
         "model.json",
     )
     assert not (tmp_path / "out").exists()
@@ -359,7 +374,6 @@ def test_threshold_cell_count_matches_area(mapped, synth):
     cell_area = (STRIDE * GSD) ** 2
     assert native["area_m2"].sum() == pytest.approx((presence == 1).sum() * cell_area)
     assert math.isclose(native.union_all().area, native.area.sum(), rel_tol=1e-9)
-    assert box(*native.total_bounds).area > 0
 
 
 def test_no_presence_above_threshold_still_writes_every_output(synth, tmp_path):
@@ -420,18 +434,52 @@ def test_block_region_crops_equal_direct_window_reads(synth, run_dir, tmp_path):
 def test_cli_help_lists_the_map_options():
     res = CliRunner().invoke(cli, ["map", "--help"])
     assert res.exit_code == 0
+    options = {line.split()[0].rstrip(",") for line in res.output.splitlines() if "  --" in line}
     for option in [
-        "--model",
+        "--run",
         "--out",
         "--stride",
         "--threshold",
-        "--workers",
+        "--outputs",
+        "--dask-workers",
         "--scheduler",
         "--blend",
         "--gsd",
         "--survey-points",
     ]:
-        assert option in res.output
+        assert option in options, res.output
+    # The old names still work (test below) but are not advertised.
+    assert "--model" not in res.output and "--workers " not in res.output
+
+
+@pytest.mark.parametrize(
+    "run_flag, workers_flag", [("--run", "--dask-workers"), ("--model", "--workers")]
+)
+def test_cli_new_and_old_option_names_build_the_same_settings(
+    run_flag, workers_flag, synth, run_dir, tmp_path, monkeypatch
+):
+    seen = {}
+
+    def fake_map(orthos, run, out, settings):
+        seen.update(run=run, out=out, settings=settings)
+        return map_run.MapResult(out_dir=out)
+
+    monkeypatch.setattr("spurge.mapping.map_orthos", fake_map)
+    res = _cli(
+        str(synth.orthos[0]), run_flag, str(run_dir), "--out", str(tmp_path), workers_flag, "3",
+        "--stride", "7", "--threshold", "0.3", "--outputs", "gpkg,cog",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert seen["run"] == run_dir and seen["out"] == tmp_path
+    assert seen["settings"] == MapSettings(
+        stride=7, threshold=0.3, dask_workers=3, outputs=("gpkg", "cog")
+    )
+    assert seen["settings"].writer_names == ("cog", "gpkg")
+
+
+def test_cli_without_a_run_folder_is_a_usage_error(synth):
+    res = _cli(str(synth.orthos[0]))
+    assert res.exit_code == 2 and "--run" in res.output
 
 
 def test_bad_second_ortho_stops_before_anything_is_written(synth, run_dir, tmp_path):
@@ -458,3 +506,28 @@ def test_existing_scheduler_gives_same_bytes(synth, run_dir, mapped, tmp_path):
         )
     assert "Dask: tcp://" in result.summary() or "Dask: inproc://" in result.summary()
     assert _files(tmp_path) == _files(reference)
+
+
+def test_outputs_choose_the_writers(synth, run_dir, mapped, tmp_path):
+    _, reference = mapped
+    out = tmp_path / "some"
+    name = synth.orthos[0].stem
+    res = _cli(
+        str(synth.orthos[0]), "--run", str(run_dir), "--out", str(out), "--outputs", "gpkg,cog"
+    )
+    assert res.exit_code == 0, res.output
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(
+        f"{name}{s}"
+        for s in ["_prob.tif", "_presence.tif", "_uncertainty.tif", ".gpkg", ".map.json"]
+    )
+    for file in [w for w in written if not w.endswith(".map.json")]:
+        assert (out / file).read_bytes() == (reference / file).read_bytes(), file
+    record = json.loads((out / f"{name}.map.json").read_text())
+    assert sorted(record["outputs"]) == ["gpkg", "presence", "prob", "uncertainty"]
+    # Asking for more outputs later is not "already mapped".
+    again = map_orthos([synth.orthos[0]], run_dir, out, block_windows=8, progress=False)
+    assert not again.maps[0].up_to_date
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+    bad = _cli(str(synth.orthos[0]), "--run", str(run_dir), "--out", str(out), "--outputs", "tif")
+    assert bad.exit_code == 2 and "'tif': choose from cog, geojson, gpkg, qml, html" in bad.output
