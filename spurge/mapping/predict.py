@@ -8,16 +8,31 @@ weighted class-probability sums and the weights of the cells its windows touch).
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
+import torch
 from rasterio.windows import Window
 
-from spurge.classifier import ModelCard, TileClassifier, load_model, predict_proba
+from spurge.classifier import ModelCard, TileClassifier, load_model, preprocess
+from spurge.device import resolve_device
 from spurge.io.raster import BandScaling, open_ortho, read_window_rgb8
+from spurge.mapping.dense import (
+    DenseGeometry,
+    DenseModel,
+    cell_valid_share,
+    feature_extractor,
+    footprint_weights,
+    pool_logits,
+    probe_stride,
+    read_region,
+    region_bounds,
+    softmax,
+)
 from spurge.mapping.grid import (
     Block,
     MapGrid,
@@ -33,16 +48,38 @@ from spurge.mapping.grid import (
 GDAL_CACHE_MB = 64
 
 _MODEL_LOCK = threading.Lock()
-_MODELS: dict[tuple[str, str], tuple[TileClassifier, ModelCard]] = {}
+_MODELS: dict[tuple[str, str, str], tuple[TileClassifier, ModelCard]] = {}
 
 
-def cached_model(run_dir: str, weights_sha256: str) -> tuple[TileClassifier, ModelCard]:
-    """Load a model once per process (and per weights checksum) for all the blocks it maps."""
-    key = (str(Path(run_dir).resolve()), weights_sha256)
+def cached_model(
+    run_dir: str, weights_sha256: str, device: str = "cpu"
+) -> tuple[TileClassifier, ModelCard]:
+    """Load a model once per process (and per weights checksum and device) for all blocks."""
+    key = (str(Path(run_dir).resolve()), weights_sha256, device)
     with _MODEL_LOCK:
         if key not in _MODELS:
-            _MODELS[key] = load_model(run_dir)
+            model, card = load_model(run_dir, resolve_device(device))
+            # Channels-last weights for channels-last inputs: the fast conv kernels.
+            _MODELS[key] = (model.to(memory_format=torch.channels_last), card)
         return _MODELS[key]
+
+
+@torch.no_grad()
+def predict_windows(
+    model: TileClassifier, card: ModelCard, images: np.ndarray, device: str = "cpu"
+) -> np.ndarray:
+    """Class probabilities (N, C) of uint8 (N, H, W, 3) windows, channels-last on purpose
+    (about 2x faster for EfficientNet on the CPU), fp16 autocast and pinned memory on CUDA."""
+    target = resolve_device(device)
+    batch = preprocess(images, card).contiguous(memory_format=torch.channels_last)
+    cuda = target.type == "cuda"
+    if cuda:
+        batch = batch.pin_memory()
+    batch = batch.to(target, non_blocking=True)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else nullcontext()
+    with autocast:
+        logits = model(batch)
+    return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -60,6 +97,7 @@ class BlockSettings:
     max_nodata_fraction: float
     #: Read each block's region once and crop windows from it when no resampling is needed.
     crop_from_region: bool = True
+    device: str = "cpu"
 
 
 @dataclass
@@ -145,13 +183,13 @@ def read_block(grid: MapGrid, block: Block, settings: BlockSettings) -> BlockPix
 
 def classify_block(grid: MapGrid, pixels: BlockPixels, settings: BlockSettings) -> BlockResult:
     """Classify a block's windows in batches and blend the probabilities into its cells."""
-    model, card = cached_model(settings.run_dir, settings.weights_sha256)
+    model, card = cached_model(settings.run_dir, settings.weights_sha256, settings.device)
     r0, r1, c0, c1 = block_cell_extent(grid, pixels.block)
     sums = np.zeros((len(card.class_names), r1 - r0, c1 - c0))
     weights = np.zeros((r1 - r0, c1 - c0))
     for first in range(0, len(pixels.images), settings.batch_size):
         batch = np.stack(pixels.images[first : first + settings.batch_size])
-        probs = predict_proba(model, card, batch).astype(np.float64)
+        probs = predict_windows(model, card, batch, settings.device).astype(np.float64)
         kept = pixels.kept[first : first + settings.batch_size]
         for (y, x, valid), prob in zip(kept, probs, strict=True):
             rows = covered_cells(y, grid.window_h, grid.stride_y)
@@ -175,3 +213,136 @@ def classify_block(grid: MapGrid, pixels: BlockPixels, settings: BlockSettings) 
 def predict_block(grid: MapGrid, block: Block, settings: BlockSettings) -> BlockResult:
     """Read, classify and blend one block: the unit of work sent to Dask workers."""
     return classify_block(grid, read_block(grid, block, settings), settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense mode (``--method dense``): a block is a rectangle of output cells; its region (plus a
+# margin of context, snapped to the window lattice) goes through the backbone once and the
+# head's CAM logits are averaged over each cell. Blocks share no cells, so merging their
+# results (sums = probabilities, weights = 1 on valid cells) gives the same bytes in any order.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DenseSettings:
+    """Everything a dense block task needs besides the grid and the block (all picklable)."""
+
+    ortho: str
+    run_dir: str
+    weights_sha256: str
+    scaling: dict[str, Any]
+    alpha_band: int | None
+    max_nodata_fraction: float
+    device: str = "cpu"
+    margin: int = 1  # windows of context around each block
+    read_threads: int = 2
+
+
+@dataclass
+class DenseRegion:
+    """A block's region as read: uint8 RGB, validity, its ortho rows/cols and inside box."""
+
+    block: Block
+    rgb: np.ndarray
+    valid: np.ndarray
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    inside: tuple[int, int, int, int]
+
+
+def plan_dense_blocks(grid: MapGrid, block_windows: int) -> list[Block]:
+    """Blocks of cells (``win_rows``/``win_cols`` index cells here), row-major, each about the
+    ortho area of a window block (``block_windows`` half-window steps a side)."""
+    per_x = max(1, block_windows * grid.window_w // 2 // grid.stride_x)
+    per_y = max(1, block_windows * grid.window_h // 2 // grid.stride_y)
+    blocks = []
+    for r0 in range(0, grid.rows, per_y):
+        for c0 in range(0, grid.cols, per_x):
+            rows = (r0, min(r0 + per_y, grid.rows))
+            blocks.append(Block(len(blocks), rows, (c0, min(c0 + per_x, grid.cols))))
+    return blocks
+
+
+_DENSE: dict[tuple[str, str, str], DenseModel] = {}
+
+
+def cached_dense_model(grid: MapGrid, settings: DenseSettings) -> tuple[DenseModel, ModelCard]:
+    """The run's model as a :class:`DenseModel` on the settings' device, once per process."""
+    model, card = cached_model(settings.run_dir, settings.weights_sha256, settings.device)
+    key = (settings.run_dir, settings.weights_sha256, f"{settings.device}{grid.stride_x}")
+    with _MODEL_LOCK:
+        if key not in _DENSE:
+            features = feature_extractor(card.backbone, model.backbone)
+            device = resolve_device(settings.device)
+            stride = probe_stride(features, card.input_size)
+            geometry = DenseGeometry(
+                grid.window_w,
+                grid.window_h,
+                card.input_size,
+                stride,
+                grid.stride_x,
+                grid.stride_y,
+                settings.margin,
+            )
+            _DENSE[key] = DenseModel(features, model.head, card.mean, card.std, geometry, device)
+        return _DENSE[key], card
+
+
+def read_dense_block(grid: MapGrid, block: Block, settings: DenseSettings) -> DenseRegion:
+    """Read a dense block's region (cells + margin, on the window lattice), outside = 0."""
+    rows = region_bounds(
+        block.win_rows[0] * grid.stride_y,
+        min(block.win_rows[1] * grid.stride_y, grid.height),
+        grid.window_h,
+        settings.margin,
+    )
+    cols = region_bounds(
+        block.win_cols[0] * grid.stride_x,
+        min(block.win_cols[1] * grid.stride_x, grid.width),
+        grid.window_w,
+        settings.margin,
+    )
+    scaling = BandScaling.from_dict(settings.scaling)
+    size = (grid.width, grid.height)
+    rgb, valid, inside = read_region(
+        settings.ortho, size, rows, cols, scaling, settings.alpha_band, settings.read_threads
+    )
+    return DenseRegion(block, rgb, valid, rows, cols, inside)
+
+
+def _cell_edges(first: int, stop: int, cell: int, size: int, origin: int) -> np.ndarray:
+    """Cell edges in region px for cells ``first..stop``, the last clipped to the ortho."""
+    return np.minimum(np.arange(first, stop + 1) * cell, size) - origin
+
+
+def classify_dense_block(
+    grid: MapGrid, region: DenseRegion, settings: DenseSettings
+) -> BlockResult:
+    """CAM logits of the region averaged over each cell -> class probabilities per cell."""
+    dense, _card = cached_dense_model(grid, settings)
+    g = dense.geometry
+    block = region.block
+    r_edges = _cell_edges(*block.win_rows, grid.stride_y, grid.height, region.rows[0])
+    c_edges = _cell_edges(*block.win_cols, grid.stride_x, grid.width, region.cols[0])
+    cam = dense.logits(region.rgb, region.inside)
+    rows_w = footprint_weights(r_edges[:-1], r_edges[1:], 0, g.step_y, cam.shape[1])
+    cols_w = footprint_weights(c_edges[:-1], c_edges[1:], 0, g.step_x, cam.shape[2])
+    probs = softmax(pool_logits(cam, rows_w, cols_w))
+    share = cell_valid_share(region.valid, r_edges, c_edges)
+    # A cell is mapped when no more of it is nodata than a window may be.
+    keep = (1.0 - share) <= settings.max_nodata_fraction
+    weights = keep.astype(np.float64)
+    return BlockResult(
+        block.index,
+        block.win_rows[0],
+        block.win_cols[0],
+        probs * weights[None],
+        weights,
+        int(keep.sum()),
+        int((~keep).sum()),
+    )
+
+
+def predict_dense_block(grid: MapGrid, block: Block, settings: DenseSettings) -> BlockResult:
+    """Read and classify one dense block: the unit of work sent to Dask workers."""
+    return classify_dense_block(grid, read_dense_block(grid, block, settings), settings)

@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from spurge import __version__
 from spurge.classifier import ModelCard, load_model
+from spurge.device import resolve_device
 from spurge.errors import RasterError, SpurgeError
 from spurge.io.atomic import (
     atomic_path,
@@ -38,13 +39,19 @@ from spurge.io.atomic import (
     write_text_atomic,
 )
 from spurge.io.raster import check_bands, compute_scaling, open_ortho, pixel_size_m
+from spurge.mapping.dense import cell_px_for, feature_extractor, finest_cell_px, probe_stride
 from spurge.mapping.grid import MapGrid, plan_blocks
 from spurge.mapping.predict import (
     BlockResult,
     BlockSettings,
+    DenseSettings,
     classify_block,
+    classify_dense_block,
+    plan_dense_blocks,
     predict_block,
+    predict_dense_block,
     read_block,
+    read_dense_block,
 )
 from spurge.mapping.writers import (
     NODATA,
@@ -58,6 +65,7 @@ from spurge.mapping.writers import (
 CHECKPOINT_PREFIX = ".spurge-map-"
 BLENDS = ("mean", "gaussian")
 GSD_POLICIES = ("warn", "resample", "refuse")
+METHODS = ("windows", "dense")
 
 
 class GsdWarning(UserWarning):
@@ -146,6 +154,9 @@ def map_orthos(
     gsd_tolerance: float = 1.5,
     processes: bool = True,
     progress: bool | None = None,
+    method: str = "windows",
+    cell_size: float | None = None,
+    device: str = "cpu",
 ) -> MapResult:
     """Map presence over whole orthomosaics with a trained tile classifier.
 
@@ -166,7 +177,16 @@ def map_orthos(
             model's GSD: ``warn`` (and resample), ``resample`` (silently) or ``refuse``.
         processes: LocalCluster workers as processes (True) or threads (False).
         progress: show progress bars (default: when stderr is a terminal).
+        method: ``windows`` (classify overlapping windows) or ``dense`` (backbone run fully
+            convolutionally, head applied per feature and averaged over each cell).
+        cell_size: dense output cell in metres (default: the finest the backbone gives).
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps`` (:func:`spurge.device.resolve_device`).
     """
+    if method not in METHODS:
+        raise SpurgeError(f"--method must be one of {METHODS}, got {method!r}")
+    if cell_size is not None and method != "dense":
+        raise SpurgeError("--cell-size needs --method dense (windows cells are the --stride)")
+    device = str(resolve_device(device))
     if not 0 < threshold < 1:
         raise SpurgeError(f"--threshold must be between 0 and 1, got {threshold}")
     if stride is not None and stride < 1:
@@ -191,8 +211,18 @@ def map_orthos(
     run_dir = Path(run_dir)
     # Check the model and every orthomosaic before anything is written, so a bad second
     # ortho does not stop the run after the first was mapped.
-    _, card = load_model(run_dir)
+    model, card = load_model(run_dir)
+    dense_stride = None
+    if method == "dense":
+        dense_stride = probe_stride(
+            feature_extractor(card.backbone, model.backbone), card.input_size
+        )
     plans = [_plan(Path(o), card, stride, gsd_policy, gsd_tolerance) for o in orthos]
+    if dense_stride is not None:
+        plans = [
+            _dense_plan(p, card, dense_stride, cell_size, Path(o))
+            for p, o in zip(plans, orthos, strict=True)
+        ]
     out = ensure_writable_dir(out_dir)
     remove_stale_temporaries(out)
     settings = dict(
@@ -202,6 +232,8 @@ def map_orthos(
         batch_size=batch_size,
         block_windows=block_windows,
         survey_points=survey_points,
+        **({"method": method, "cell_size": cell_size} if method == "dense" else {}),
+        device=device,
     )
     result = MapResult(out_dir=out, threshold=threshold)
     client, cluster = _dask_client(workers, scheduler, processes)
@@ -290,6 +322,24 @@ def _plan(
         return grid, scaling.to_dict(), src.crs
 
 
+def _dense_plan(
+    plan: tuple[MapGrid, dict[str, Any], Any],
+    card: ModelCard,
+    stride: int,
+    cell_size: float | None,
+    ortho: Path,
+) -> tuple[MapGrid, dict[str, Any], Any]:
+    """The window plan with cells of ``cell_size`` (default: one backbone feature step)."""
+    grid, scaling, crs = plan
+    with open_ortho(ortho) as src:
+        pixels = pixel_size_m(src)
+    cells = []
+    for axis, window, pixel in (("x", grid.window_w, pixels[0]), ("y", grid.window_h, pixels[1])):
+        finest = finest_cell_px(window, card.input_size, stride)
+        cells.append(finest if cell_size is None else cell_px_for(cell_size, pixel, finest, axis))
+    return replace(grid, stride_x=cells[0], stride_y=cells[1]), scaling, crs
+
+
 def _fingerprint(
     ortho: Path, card: ModelCard, grid: MapGrid, scaling: dict[str, Any], settings: dict[str, Any]
 ) -> str:
@@ -338,11 +388,13 @@ def _map_one(
     remove_stale_temporaries(checkpoint)
     write_text_atomic(plan_file, json.dumps({"fingerprint": fingerprint}))
 
-    blocks = plan_blocks(grid, settings["block_windows"])
+    dense = settings.get("method") == "dense"
+    plan_fn = plan_dense_blocks if dense else plan_blocks
+    blocks = plan_fn(grid, settings["block_windows"])
     done = {b.index for b in blocks if _block_path(checkpoint, b.index).is_file()}
     todo = [b for b in blocks if b.index not in done]
     result.blocks, result.resumed_blocks = len(blocks), len(done)
-    block_settings = BlockSettings(
+    block_settings: BlockSettings | DenseSettings = BlockSettings(
         ortho=str(ortho.resolve()),
         run_dir=str(run_dir.resolve()),
         weights_sha256=card.weights_sha256,
@@ -352,7 +404,18 @@ def _map_one(
         batch_size=settings["batch_size"],
         blend=settings["blend"],
         max_nodata_fraction=card.species_config().max_nodata_fraction,
+        device=settings["device"],
     )
+    if dense:
+        block_settings = DenseSettings(
+            ortho=str(ortho.resolve()),
+            run_dir=str(run_dir.resolve()),
+            weights_sha256=card.weights_sha256,
+            scaling=scaling,
+            alpha_band=card.species_config().alpha_band,
+            max_nodata_fraction=card.species_config().max_nodata_fraction,
+            device=settings["device"],
+        )
     started = time.perf_counter()
     _run_blocks(
         todo,
@@ -398,7 +461,7 @@ def _block_path(checkpoint: Path, index: int) -> Path:
 def _run_blocks(
     todo: list,
     grid: MapGrid,
-    settings: BlockSettings,
+    settings: BlockSettings | DenseSettings,
     checkpoint: Path,
     client: Any,
     progress: bool | None,
@@ -416,24 +479,29 @@ def _run_blocks(
         leave=False,
         disable=None if progress is None else not progress,
     )
+    read, classify, predict = (
+        (read_dense_block, classify_dense_block, predict_dense_block)
+        if isinstance(settings, DenseSettings)
+        else (read_block, classify_block, predict_block)
+    )
     try:
         if client is None:
             # Read the next block in a thread while the model classifies this one: GDAL
             # decoding and torch both release the GIL, so reading hides behind the forward.
             with ThreadPoolExecutor(max_workers=1) as reader:
-                ahead = reader.submit(read_block, grid, todo[0], settings) if todo else None
+                ahead = reader.submit(read, grid, todo[0], settings) if todo else None
                 for i, block in enumerate(todo):
                     pixels = ahead.result()
                     if i + 1 < len(todo):
-                        ahead = reader.submit(read_block, grid, todo[i + 1], settings)
-                    save(classify_block(grid, pixels, settings))
+                        ahead = reader.submit(read, grid, todo[i + 1], settings)
+                    save(classify(grid, pixels, settings))
                     bar.update(block.n_windows)
             return
         from dask.distributed import as_completed
 
         futures = [
             client.submit(
-                predict_block,
+                predict,
                 grid,
                 block,
                 settings,
