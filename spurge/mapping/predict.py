@@ -24,14 +24,13 @@ from spurge.io.raster import BandScaling, open_ortho, read_window_rgb8
 from spurge.mapping.dense import (
     DenseGeometry,
     DenseModel,
+    cell_edges,
+    cell_probabilities,
     cell_valid_share,
     feature_extractor,
-    footprint_weights,
-    pool_logits,
     probe_stride,
     read_region,
     region_bounds,
-    softmax,
 )
 from spurge.mapping.grid import (
     Block,
@@ -248,6 +247,8 @@ class DenseRegion:
     rows: tuple[int, int]
     cols: tuple[int, int]
     inside: tuple[int, int, int, int]
+    edges: tuple[np.ndarray, np.ndarray]  # cell edges (rows, cols) in region px
+    share: np.ndarray  # valid share of each cell
 
 
 def plan_dense_blocks(grid: MapGrid, block_windows: int) -> list[Block]:
@@ -307,30 +308,24 @@ def read_dense_block(grid: MapGrid, block: Block, settings: DenseSettings) -> De
     rgb, valid, inside = read_region(
         settings.ortho, size, rows, cols, scaling, settings.alpha_band, settings.read_threads
     )
-    return DenseRegion(block, rgb, valid, rows, cols, inside)
-
-
-def _cell_edges(first: int, stop: int, cell: int, size: int, origin: int) -> np.ndarray:
-    """Cell edges in region px for cells ``first..stop``, the last clipped to the ortho."""
-    return np.minimum(np.arange(first, stop + 1) * cell, size) - origin
+    edges = (
+        cell_edges(*block.win_rows, grid.stride_y, grid.height, rows[0]),
+        cell_edges(*block.win_cols, grid.stride_x, grid.width, cols[0]),
+    )
+    # Computed here, in the reader thread, so the model never waits on it.
+    share = cell_valid_share(valid, *edges)
+    return DenseRegion(block, rgb, valid, rows, cols, inside, edges, share)
 
 
 def classify_dense_block(
     grid: MapGrid, region: DenseRegion, settings: DenseSettings
 ) -> BlockResult:
     """CAM logits of the region averaged over each cell -> class probabilities per cell."""
-    dense, _card = cached_dense_model(grid, settings)
-    g = dense.geometry
+    dense, _ = cached_dense_model(grid, settings)
     block = region.block
-    r_edges = _cell_edges(*block.win_rows, grid.stride_y, grid.height, region.rows[0])
-    c_edges = _cell_edges(*block.win_cols, grid.stride_x, grid.width, region.cols[0])
-    cam = dense.logits(region.rgb, region.inside)
-    rows_w = footprint_weights(r_edges[:-1], r_edges[1:], 0, g.step_y, cam.shape[1])
-    cols_w = footprint_weights(c_edges[:-1], c_edges[1:], 0, g.step_x, cam.shape[2])
-    probs = softmax(pool_logits(cam, rows_w, cols_w))
-    share = cell_valid_share(region.valid, r_edges, c_edges)
+    probs = cell_probabilities(dense, region.rgb, region.inside, *region.edges)
     # A cell is mapped when no more of it is nodata than a window may be.
-    keep = (1.0 - share) <= settings.max_nodata_fraction
+    keep = (1.0 - region.share) <= settings.max_nodata_fraction
     weights = keep.astype(np.float64)
     return BlockResult(
         block.index,
