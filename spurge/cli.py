@@ -688,6 +688,29 @@ def evaluate(
     help="When the ortho's pixel size is over 1.5x off the model's training GSD: "
     "resample windows with a warning, resample silently, or refuse.",
 )
+@click.option(
+    "--method",
+    type=click.Choice(["windows", "dense"]),
+    default="windows",
+    show_default=True,
+    help="windows: classify overlapping model windows (cells = --stride). dense: run the "
+    "backbone once over the ortho and apply the head per feature (fine cells, faster; "
+    "not for dinov2).",
+)
+@click.option(
+    "--cell-size",
+    type=float,
+    default=None,
+    help="Dense output cell in metres, a whole number of ortho pixels and no finer than "
+    "the backbone's feature step [default: that step, ~0.5 m for leafy spurge].",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    show_default=True,
+    help="Where the model runs (auto: CUDA, else MPS, else CPU).",
+)
 def map_(
     orthos: tuple[Path, ...],
     run_dir: Path,
@@ -700,6 +723,9 @@ def map_(
     batch_size: int,
     survey_points: int,
     gsd_policy: str,
+    method: str,
+    cell_size: float | None,
+    device: str,
 ) -> None:
     """Predict presence over whole orthomosaics: COG, GeoJSON, GeoPackage, HTML, QGIS style.
 
@@ -729,6 +755,9 @@ def map_(
             batch_size=batch_size,
             survey_points=survey_points,
             gsd_policy=gsd_policy,
+            method=method,
+            cell_size=cell_size,
+            device=device,
         )
     for warning in caught:
         if issubclass(warning.category, GsdWarning):

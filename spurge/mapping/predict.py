@@ -28,9 +28,12 @@ from spurge.mapping.dense import (
     cell_probabilities,
     cell_valid_share,
     feature_extractor,
+    footprint_weights,
+    pool_logits,
     probe_stride,
     read_region,
     region_bounds,
+    softmax,
 )
 from spurge.mapping.grid import (
     Block,
@@ -341,3 +344,36 @@ def classify_dense_block(
 def predict_dense_block(grid: MapGrid, block: Block, settings: DenseSettings) -> BlockResult:
     """Read and classify one dense block: the unit of work sent to Dask workers."""
     return classify_dense_block(grid, read_dense_block(grid, block, settings), settings)
+
+
+def dense_window_probabilities(grid: MapGrid, settings: DenseSettings) -> np.ndarray:
+    """Class probabilities (C, window rows, window cols) of every window of ``grid`` (a window
+    plan) from one dense pass: the head applied to the backbone features averaged over each
+    window's footprint, which approximates classifying that window alone.
+
+    For checks and benchmarks: it holds the whole ortho's region at once.
+    """
+    dense, _ = cached_dense_model(grid, settings)
+    g = dense.geometry
+    everything = Block(0, (0, grid.rows), (0, grid.cols))
+    region = read_dense_block(grid, everything, settings)
+    cam = dense.logits(region.rgb, region.inside)
+    rows = np.array(grid.row_starts) - region.rows[0]
+    cols = np.array(grid.col_starts) - region.cols[0]
+    rows_w = footprint_weights(rows, rows + grid.window_h, 0, g.step_y, cam.shape[1])
+    cols_w = footprint_weights(cols, cols + grid.window_w, 0, g.step_x, cam.shape[2])
+    return softmax(pool_logits(cam, rows_w, cols_w))
+
+
+def blend_window_probabilities(grid: MapGrid, probs: np.ndarray) -> np.ndarray:
+    """Per-window probabilities (C, rows, cols) -> cells, as the window path's ``mean`` blend
+    (every window counts in each cell whose centre it covers)."""
+    sums = np.zeros((probs.shape[0], grid.rows, grid.cols))
+    weights = np.zeros((grid.rows, grid.cols))
+    for i, y in enumerate(grid.row_starts):
+        r0, r1 = covered_cells(y, grid.window_h, grid.stride_y)
+        for j, x in enumerate(grid.col_starts):
+            c0, c1 = covered_cells(x, grid.window_w, grid.stride_x)
+            sums[:, r0:r1, c0:c1] += probs[:, i, j, None, None]
+            weights[r0:r1, c0:c1] += 1
+    return sums / np.maximum(weights, 1)[None]

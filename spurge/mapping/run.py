@@ -89,6 +89,7 @@ class OrthoMap:
     #: Wall time spent on windows (read, classify, blend) and on the whole ortho.
     seconds_windows: float = 0.0
     seconds_total: float = 0.0
+    method: str = "windows"
 
 
 @dataclass
@@ -107,6 +108,14 @@ class MapResult:
             resumed = (
                 f", {m.resumed_blocks} resumed from a previous run" if m.resumed_blocks else ""
             )
+            if m.method == "dense":
+                parts.append(
+                    f"{m.ortho.name}: dense, {m.windows} cells of {m.grid.stride_x}x"
+                    f"{m.grid.stride_y} px ({m.skipped} left nodata) in {m.blocks} blocks"
+                    f"{resumed} -> {m.grid.cols}x{m.grid.rows} cells, {m.polygons} presence "
+                    f"polygon(s) covering {m.presence_area_m2:.1f} m²"
+                )
+                continue
             parts.append(
                 f"{m.ortho.name}: {m.windows} windows of {m.grid.window_w}x{m.grid.window_h} px "
                 f"({m.skipped} skipped as nodata) in {m.blocks} blocks{resumed} -> "
@@ -372,7 +381,9 @@ def _map_one(
     grid, scaling, crs = plan
     name = ortho.stem
     paths = output_paths(out, name)
-    result = OrthoMap(ortho=ortho, outputs=paths, grid=grid)
+    result = OrthoMap(
+        ortho=ortho, outputs=paths, grid=grid, method=settings.get("method", "windows")
+    )
     fingerprint = _fingerprint(ortho, card, grid, scaling, settings)
     if _up_to_date(paths, fingerprint):
         result.up_to_date = True
