@@ -101,8 +101,8 @@ def regions(side: int, core: int, window: int, margin: int, dense) -> list[tuple
     out = []
     for y in range(0, side, core):
         for x in range(0, side, core):
-            rows = dense.region_bounds(y, min(y + core, side), window, margin)
-            cols = dense.region_bounds(x, min(x + core, side), window, margin)
+            rows = dense.region_bounds(y, min(y + core, side), window, margin, side)
+            cols = dense.region_bounds(x, min(x + core, side), window, margin, side)
             out.append(((y, min(y + core, side)), (x, min(x + core, side)), rows, cols))
     return out
 

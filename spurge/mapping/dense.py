@@ -56,6 +56,17 @@ class DenseUnsupportedError(SpurgeError):
     """The model's backbone cannot run fully convolutionally."""
 
 
+class _ForwardFeatures(nn.Module):
+    """A timm model's ``forward_features`` as a module (so it moves to a device/layout)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
 def feature_extractor(name: str, backbone: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x (N, 3, H, W) -> features (N, F, h, w)`` for a backbone whose output is the global
     average of such a map; :class:`DenseUnsupportedError` for any other."""
@@ -65,7 +76,7 @@ def feature_extractor(name: str, backbone: nn.Module) -> Callable[[torch.Tensor]
         pool = backbone.global_pool
         kind = getattr(pool, "pool_type", "avg")
         if kind == "avg":  # timm CNNs: forward_features then global average pool
-            return backbone.forward_features
+            return _ForwardFeatures(backbone)
     if isinstance(backbone, nn.Sequential) and len(backbone) > 2:
         *body, pool, flat = list(backbone)
         if isinstance(pool, nn.AdaptiveAvgPool2d) and isinstance(flat, nn.Flatten):
@@ -137,11 +148,13 @@ def cell_px_for(cell_m: float, pixel_m: float, finest_px: int, axis: str) -> int
     return round(px)
 
 
-def region_bounds(lo: int, hi: int, window: int, margin: int) -> tuple[int, int]:
+def region_bounds(lo: int, hi: int, window: int, margin: int, size: int) -> tuple[int, int]:
     """Half-open ortho range read for cells spanning ``[lo, hi)``: ``margin`` windows of
-    context, snapped outwards to the window lattice (may reach outside the ortho)."""
-    start = (lo // window - margin) * window
-    stop = (-(-hi // window) + margin) * window
+    context, snapped outwards to the window lattice and clamped to the lattice cells that hold
+    the ortho (``size`` px): no block reads context beyond the ortho's edge, so a cell on the
+    edge sees the same input (and the same zero padding there) whatever block maps it."""
+    start = max(0, (lo // window - margin) * window)
+    stop = min(-(-size // window) * window, (-(-hi // window) + margin) * window)
     return start, stop
 
 
@@ -210,8 +223,11 @@ class DenseModel:
         std: tuple[float, ...] | list[float],
         geometry: DenseGeometry,
         device: torch.device,
+        tiled: bool = True,
+        batch_tiles: int = 64,
     ) -> None:
         self.features = features
+        self.tiled, self.batch_tiles = tiled, batch_tiles
         self.geometry = geometry
         self.device = device
         if isinstance(features, nn.Module):
@@ -249,16 +265,65 @@ class DenseModel:
             batch = batch * keep
         return batch.contiguous(memory_format=torch.channels_last)
 
+    def prepare_tiles(
+        self, rgb: np.ndarray, inside: tuple[int, int, int, int]
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """A lattice-aligned region -> its windows as a batch (n, 3, S, S), each resized and
+        normalised exactly as the window classifier's input (channels-last), and (nh, nw)."""
+        g = self.geometry
+        nh, nw = rgb.shape[0] // g.window_y, rgb.shape[1] // g.window_x
+        tiles = rgb.reshape(nh, g.window_y, nw, g.window_x, 3).swapaxes(1, 2)
+        batch = torch.from_numpy(np.ascontiguousarray(tiles.reshape(-1, g.window_y, g.window_x, 3)))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()  # page-locked: the copy below runs asynchronously
+        batch = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        size = (g.input_size, g.input_size)
+        if batch.shape[-2:] != size:
+            batch = nn.functional.interpolate(
+                batch.contiguous(), size=size, mode="bilinear", align_corners=False, antialias=True
+            )
+        batch = (batch - self.mean) / self.std
+        rows = _keep(nh, g.window_y, g.input_size, inside[0], inside[1], self.device)
+        cols = _keep(nw, g.window_x, g.input_size, inside[2], inside[3], self.device)
+        if not (rows.all() and cols.all()):
+            # Outside the ortho the input is 0 after normalisation (conv padding's value).
+            keep = rows[:, None, :, None] & cols[None, :, None, :]
+            batch = batch * keep.reshape(-1, 1, *size)
+        return batch.contiguous(memory_format=torch.channels_last), (nh, nw)
+
     @torch.no_grad()
     def logits(self, rgb: np.ndarray, inside: tuple[int, int, int, int]) -> torch.Tensor:
-        """CAM logits (C, h, w), float32 on the CPU, one per feature of the region."""
-        batch = self.prepare(rgb, inside)
+        """CAM logits (C, h, w), float32 on the CPU, one per feature of the region.
+
+        Tiled (the default): the region's windows on the lattice go through the backbone as
+        a batch of separate windows, exactly like the training tiles and the window path
+        (zero padding at each window's edge), so the features the head sees are the ones it
+        was trained on. Otherwise the region goes through as one image (features with real
+        context across window edges; needs margins)."""
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext()
-        with autocast:
-            feats = self.features(batch)
-        feats = feats[0].float()
-        cam = torch.einsum("cf,fhw->chw", self.weight, feats) + self.bias[:, None, None]
-        return cam.cpu()
+        if not self.tiled:
+            with autocast:
+                feats = self.features(self.prepare(rgb, inside))[0].float()
+            cam = torch.einsum("cf,fhw->chw", self.weight, feats) + self.bias[:, None, None]
+            return cam.cpu()
+        batch, (nh, nw) = self.prepare_tiles(rgb, inside)
+        parts = []
+        for first in range(0, len(batch), self.batch_tiles):
+            with autocast:
+                feats = self.features(batch[first : first + self.batch_tiles]).float()
+            cam = torch.einsum("cf,nfhw->nchw", self.weight, feats) + self.bias[:, None, None]
+            parts.append(cam)
+        cam = torch.cat(parts)
+        _n, c, k, _ = cam.shape
+        return cam.reshape(nh, nw, c, k, k).permute(2, 0, 3, 1, 4).reshape(c, nh * k, nw * k).cpu()
+
+
+def _keep(n: int, window: int, size: int, lo: int, hi: int, device: torch.device) -> torch.Tensor:
+    """(n, size) bools: which input px of each of ``n`` windows along one axis lie in the
+    ortho px range ``[lo, hi)`` of the region."""
+    px = torch.arange(n * size, device=device).reshape(n, size)
+    centre = (px + 0.5) * window / size  # region px under each input px
+    return (centre >= lo) & (centre < hi)
 
 
 def footprint_weights(

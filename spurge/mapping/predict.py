@@ -7,6 +7,8 @@ weighted class-probability sums and the weights of the cells its windows touch).
 
 from __future__ import annotations
 
+import itertools
+import math
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -236,8 +238,15 @@ class DenseSettings:
     alpha_band: int | None
     max_nodata_fraction: float
     device: str = "cpu"
-    margin: int = 1  # windows of context around each block
+    #: False (default): windows on the lattice run as separate windows, as in training.
+    #: True: each block runs as one image with a window of context around it.
+    context: bool = False
     read_threads: int = 2
+
+    @property
+    def margin(self) -> int:
+        """Windows of context read around each block (only the context pass needs them)."""
+        return 1 if self.context else 0
 
 
 @dataclass
@@ -255,15 +264,24 @@ class DenseRegion:
 
 
 def plan_dense_blocks(grid: MapGrid, block_windows: int) -> list[Block]:
-    """Blocks of cells (``win_rows``/``win_cols`` index cells here), row-major, each about the
-    ortho area of a window block (``block_windows`` half-window steps a side)."""
-    per_x = max(1, block_windows * grid.window_w // 2 // grid.stride_x)
-    per_y = max(1, block_windows * grid.window_h // 2 // grid.stride_y)
+    """Blocks of cells (``win_rows``/``win_cols`` index cells here), row-major, about
+    ``3/4 * block_windows`` windows a side (3000 px by default). Where cells and windows
+    share a lattice every few thousand px (36 px cells and 250 px windows: every 4500 px)
+    blocks follow it, so no block reads a window that another block reads too."""
+
+    def starts(cells: int, window: int, cell: int) -> list[int]:
+        target = max(1, round(block_windows * 3 * window / (4 * cell)))
+        unit = math.lcm(window, cell) // cell
+        if unit * cell <= 2 * target * cell:
+            target = unit * max(1, round(target / unit))
+        return [*range(0, cells, target), cells]
+
+    rows = starts(grid.rows, grid.window_h, grid.stride_y)
+    cols = starts(grid.cols, grid.window_w, grid.stride_x)
     blocks = []
-    for r0 in range(0, grid.rows, per_y):
-        for c0 in range(0, grid.cols, per_x):
-            rows = (r0, min(r0 + per_y, grid.rows))
-            blocks.append(Block(len(blocks), rows, (c0, min(c0 + per_x, grid.cols))))
+    for r0, r1 in itertools.pairwise(rows):
+        for c0, c1 in itertools.pairwise(cols):
+            blocks.append(Block(len(blocks), (r0, r1), (c0, c1)))
     return blocks
 
 
@@ -273,7 +291,7 @@ _DENSE: dict[tuple[str, str, str], DenseModel] = {}
 def cached_dense_model(grid: MapGrid, settings: DenseSettings) -> tuple[DenseModel, ModelCard]:
     """The run's model as a :class:`DenseModel` on the settings' device, once per process."""
     model, card = cached_model(settings.run_dir, settings.weights_sha256, settings.device)
-    key = (settings.run_dir, settings.weights_sha256, f"{settings.device}{grid.stride_x}")
+    key = (settings.run_dir, settings.weights_sha256, f"{settings.device}{grid}{settings.context}")
     with _MODEL_LOCK:
         if key not in _DENSE:
             features = feature_extractor(card.backbone, model.backbone)
@@ -288,7 +306,9 @@ def cached_dense_model(grid: MapGrid, settings: DenseSettings) -> tuple[DenseMod
                 grid.stride_y,
                 settings.margin,
             )
-            _DENSE[key] = DenseModel(features, model.head, card.mean, card.std, geometry, device)
+            _DENSE[key] = DenseModel(
+                features, model.head, card.mean, card.std, geometry, device, not settings.context
+            )
         return _DENSE[key], card
 
 
@@ -299,12 +319,14 @@ def read_dense_block(grid: MapGrid, block: Block, settings: DenseSettings) -> De
         min(block.win_rows[1] * grid.stride_y, grid.height),
         grid.window_h,
         settings.margin,
+        grid.height,
     )
     cols = region_bounds(
         block.win_cols[0] * grid.stride_x,
         min(block.win_cols[1] * grid.stride_x, grid.width),
         grid.window_w,
         settings.margin,
+        grid.width,
     )
     scaling = BandScaling.from_dict(settings.scaling)
     size = (grid.width, grid.height)

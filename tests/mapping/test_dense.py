@@ -110,8 +110,10 @@ def test_footprint_weights_exact():
     # is 1.5 px of feature 0 and 0.5 px of feature 1.
     w = footprint_weights(np.array([10, 11]), np.array([15, 13]), 10, 2.5, 3)
     np.testing.assert_allclose(w, [[0.5, 0.5, 0.0], [0.75, 0.25, 0.0]])
-    assert region_bounds(70, 130, 32, 1) == (32, 192)
-    assert region_bounds(0, 20, 32, 1) == (-32, 64)
+    assert region_bounds(70, 130, 32, 1, 1000) == (32, 192)
+    # Clamped to the lattice cells holding the ortho: from 0, and to 128 for 100 px.
+    assert region_bounds(0, 20, 32, 1, 1000) == (0, 64)
+    assert region_bounds(70, 100, 32, 1, 100) == (32, 128)
 
 
 @pytest.mark.parametrize("cell_m", [0.2, 0.4, 0.8, 1.6])
@@ -167,6 +169,29 @@ def test_seams_one_block_equals_four_blocks(synth, random_run, tmp_path):
     a, b = _prob(tmp_path / "one", ortho), _prob(tmp_path / "four", ortho)
     assert len(np.unique(a)) > 10  # the model says different things in different places
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("context", [False, True], ids=["tiled", "context"])
+def test_seams_both_passes(synth, random_run, context):
+    """Block results put together: one block == four blocks, for the tiled pass and for the
+    context pass (one image per block with a window of margin)."""
+    grid, settings = _window_settings(synth.orthos[0], random_run)
+    grid = MapGrid(grid.width, grid.height, TILE_PX, TILE_PX, 8, 8, grid.transform)
+    settings = map_predict.DenseSettings(**{**settings.__dict__, "context": context})
+
+    def cells(block_windows: int) -> tuple[int, np.ndarray]:
+        out = np.full((grid.rows, grid.cols), np.nan)
+        blocks = map_predict.plan_dense_blocks(grid, block_windows)
+        for block in blocks:
+            part = map_predict.predict_dense_block(grid, block, settings)
+            h, w = part.weights.shape
+            out[part.row0 : part.row0 + h, part.col0 : part.col0 + w] = part.sums[1]
+        return len(blocks), out
+
+    (n1, one), (n4, four) = cells(20), cells(10)
+    assert (n1, n4) == (1, 4)
+    assert not np.isnan(one).any()
+    np.testing.assert_allclose(one, four, atol=1e-5)
 
 
 def test_dask_equals_single_process(synth, random_run, tmp_path):
