@@ -266,14 +266,17 @@ class DenseModel:
         return batch.contiguous(memory_format=torch.channels_last)
 
     def prepare_tiles(
-        self, rgb: np.ndarray, inside: tuple[int, int, int, int]
+        self, rgb: np.ndarray, inside: tuple[int, int, int, int], first: int = 0, count: int = -1
     ) -> tuple[torch.Tensor, tuple[int, int]]:
-        """A lattice-aligned region -> its windows as a batch (n, 3, S, S), each resized and
-        normalised exactly as the window classifier's input (channels-last), and (nh, nw)."""
+        """Windows ``first .. first+count`` (row-major; all by default) of a lattice-aligned
+        region as a batch (n, 3, S, S), each resized and normalised exactly as the window
+        classifier's input, channels-last; and the region's windows (nh, nw)."""
         g = self.geometry
         nh, nw = rgb.shape[0] // g.window_y, rgb.shape[1] // g.window_x
+        stop = nh * nw if count < 0 else min(nh * nw, first + count)
+        index = np.arange(first, stop)
         tiles = rgb.reshape(nh, g.window_y, nw, g.window_x, 3).swapaxes(1, 2)
-        batch = torch.from_numpy(np.ascontiguousarray(tiles.reshape(-1, g.window_y, g.window_x, 3)))
+        batch = torch.from_numpy(tiles[index // nw, index % nw])  # copies only this chunk
         if self.device.type == "cuda":
             batch = batch.pin_memory()  # page-locked: the copy below runs asynchronously
         batch = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
@@ -287,8 +290,9 @@ class DenseModel:
         cols = _keep(nw, g.window_x, g.input_size, inside[2], inside[3], self.device)
         if not (rows.all() and cols.all()):
             # Outside the ortho the input is 0 after normalisation (conv padding's value).
-            keep = rows[:, None, :, None] & cols[None, :, None, :]
-            batch = batch * keep.reshape(-1, 1, *size)
+            at = torch.from_numpy(index).to(self.device)
+            keep = rows[at // nw][:, :, None] & cols[at % nw][:, None, :]
+            batch = batch * keep[:, None]
         return batch.contiguous(memory_format=torch.channels_last), (nh, nw)
 
     @torch.no_grad()
@@ -306,11 +310,14 @@ class DenseModel:
                 feats = self.features(self.prepare(rgb, inside))[0].float()
             cam = torch.einsum("cf,fhw->chw", self.weight, feats) + self.bias[:, None, None]
             return cam.cpu()
-        batch, (nh, nw) = self.prepare_tiles(rgb, inside)
+        g = self.geometry
+        nh, nw = rgb.shape[0] // g.window_y, rgb.shape[1] // g.window_x
         parts = []
-        for first in range(0, len(batch), self.batch_tiles):
+        for first in range(0, nh * nw, self.batch_tiles):
+            # One batch of windows prepared at a time: float copies never exceed a batch.
+            batch, _ = self.prepare_tiles(rgb, inside, first, self.batch_tiles)
             with autocast:
-                feats = self.features(batch[first : first + self.batch_tiles]).float()
+                feats = self.features(batch).float()
             cam = torch.einsum("cf,nfhw->nchw", self.weight, feats) + self.bias[:, None, None]
             parts.append(cam)
         cam = torch.cat(parts)
