@@ -426,6 +426,7 @@ def _map_one(
             alpha_band=card.species_config().alpha_band,
             max_nodata_fraction=card.species_config().max_nodata_fraction,
             device=settings["device"],
+            batch_tiles=settings["batch_size"] * 4 if settings["device"] != "cpu" else 16,
         )
     started = time.perf_counter()
     _run_blocks(
