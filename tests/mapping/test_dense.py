@@ -286,3 +286,32 @@ def test_cell_size_checks():
 def test_dinov2_refused_by_name():
     with pytest.raises(DenseUnsupportedError, match="CLS token"):
         feature_extractor("dinov2", torch.nn.Identity())
+
+
+def test_resume_after_interruption_gives_same_bytes(synth, random_run, tmp_path, monkeypatch):
+    """A dense run killed after two blocks resumes from them and writes the same bytes."""
+    ortho = synth.orthos[0]
+    kwargs = dict(method="dense", cell_size=0.4, block_windows=10, progress=False)
+    map_orthos([ortho], random_run, tmp_path / "whole", **kwargs)
+    real = map_predict.classify_dense_block
+    calls = []
+
+    def dying(*args, **kw):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run stops here, as if killed
+        calls.append(1)
+        return real(*args, **kw)
+
+    from spurge.mapping import run as map_run
+
+    monkeypatch.setattr(map_run, "classify_dense_block", dying)
+    with pytest.raises(KeyboardInterrupt):
+        map_orthos([ortho], random_run, tmp_path / "resumed", **kwargs)
+    monkeypatch.setattr(map_run, "classify_dense_block", real)
+    result = map_orthos([ortho], random_run, tmp_path / "resumed", **kwargs)
+    assert (result.maps[0].blocks, result.maps[0].resumed_blocks) == (4, 2)
+    for suffix in ("_prob.tif", "_presence.tif", "_uncertainty.tif", ".geojson", ".gpkg"):
+        name = f"{ortho.stem}{suffix}"
+        assert (tmp_path / "whole" / name).read_bytes() == (
+            tmp_path / "resumed" / name
+        ).read_bytes()
