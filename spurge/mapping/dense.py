@@ -389,14 +389,56 @@ def cell_probabilities(
     inside: tuple[int, int, int, int],
     row_edges: np.ndarray,
     col_edges: np.ndarray,
+    gate: tuple[np.ndarray, np.ndarray, int] | None = None,
 ) -> np.ndarray:
     """Class probabilities (C, cells down, cells across): the head applied to the backbone
-    features averaged over each cell (= the CAM logits averaged over it), softmaxed."""
+    features averaged over each cell (= the CAM logits averaged over it), softmaxed.
+
+    ``gate`` = (window row starts, window col starts, positive class index), in region px:
+    each cell's positive probability is then capped by the highest window probability among
+    the windows covering the cell's centre (see :func:`gate_by_windows`)."""
     g = dense.geometry
     cam = dense.logits(rgb, inside)
     rows_w = footprint_weights(row_edges[:-1], row_edges[1:], 0, g.step_y, cam.shape[1])
     cols_w = footprint_weights(col_edges[:-1], col_edges[1:], 0, g.step_x, cam.shape[2])
-    return softmax(pool_logits(cam, rows_w, cols_w))
+    probs = softmax(pool_logits(cam, rows_w, cols_w))
+    if gate is not None:
+        probs = gate_by_windows(probs, cam, g, row_edges, col_edges, *gate)
+    return probs
+
+
+def gate_by_windows(
+    probs: np.ndarray,
+    cam: torch.Tensor,
+    g: DenseGeometry,
+    row_edges: np.ndarray,
+    col_edges: np.ndarray,
+    row_starts: np.ndarray,
+    col_starts: np.ndarray,
+    positive: int,
+) -> np.ndarray:
+    """Cap each cell's positive probability by max P(window) over the windows (window
+    footprints at ``row_starts`` x ``col_starts``, pooled from the CAM) covering its centre.
+
+    Why: the head was trained on whole windows (a window is positive when spurge is anywhere
+    in it). A single feature's CAM logit spreads into neighbouring cells; a cell is presence
+    only when its own CAM says so *and* some window around it does. Other classes share the
+    rest of the probability in their previous proportions."""
+    rw = footprint_weights(row_starts, row_starts + g.window_y, 0, g.step_y, cam.shape[1])
+    cw = footprint_weights(col_starts, col_starts + g.window_x, 0, g.step_x, cam.shape[2])
+    p_win = softmax(pool_logits(cam, rw, cw))[positive]  # (window rows, window cols)
+    rc = (row_edges[:-1] + row_edges[1:]) / 2
+    cc = (col_edges[:-1] + col_edges[1:]) / 2
+    cover_r = (rc[:, None] >= row_starts[None]) & (rc[:, None] < row_starts[None] + g.window_y)
+    cover_c = (cc[:, None] >= col_starts[None]) & (cc[:, None] < col_starts[None] + g.window_x)
+    across = np.where(cover_c[None], p_win[:, None, :], 0.0).max(axis=2)  # (win rows, cells)
+    gate = np.where(cover_r[:, :, None], across[None], 0.0).max(axis=1)  # (cells, cells)
+    old = probs[positive]
+    new = np.minimum(old, gate)
+    rest = np.divide(1.0 - new, 1.0 - old, out=np.ones_like(old), where=old < 1.0)
+    out = probs * rest[None]
+    out[positive] = new
+    return out
 
 
 def device_summary(device: torch.device) -> dict[str, Any]:

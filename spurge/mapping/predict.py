@@ -44,6 +44,7 @@ from spurge.mapping.grid import (
     cell_valid_fraction,
     cell_weights,
     covered_cells,
+    window_starts,
 )
 
 #: GDAL block cache (MB) while mapping. GDAL's default (5 % of RAM) would let the cache of
@@ -246,10 +247,15 @@ class DenseSettings:
     #: for EfficientNet-Lite0 at no cost in speed; GPUs take more).
     batch_tiles: int = 16
 
+    #: Cap fine cells by the windows covering them (see ``dense.gate_by_windows``).
+    gate: bool = True
+    positive: int = 1
+
     @property
     def margin(self) -> int:
-        """Windows of context read around each block (only the context pass needs them)."""
-        return 1 if self.context else 0
+        """Windows read around each block: context for the context pass, and the windows
+        covering the block's edge cells for the gate."""
+        return 1 if self.context or self.gate else 0
 
 
 @dataclass
@@ -352,13 +358,27 @@ def read_dense_block(grid: MapGrid, block: Block, settings: DenseSettings) -> De
     return DenseRegion(block, rgb, valid, rows, cols, inside, edges, share)
 
 
+def _starts_inside(size: int, window: int, span: tuple[int, int]) -> np.ndarray:
+    """Windows-mode window starts (half-window steps, last one flush with the ortho's edge)
+    that fit in a region, in region px."""
+    a = np.asarray(window_starts(size, window, max(1, window // 2)))
+    return a[(a >= span[0]) & (a + window <= span[1])] - span[0]
+
+
 def classify_dense_block(
     grid: MapGrid, region: DenseRegion, settings: DenseSettings
 ) -> BlockResult:
     """CAM logits of the region averaged over each cell -> class probabilities per cell."""
     dense, _ = cached_dense_model(grid, settings)
     block = region.block
-    probs = cell_probabilities(dense, region.rgb, region.inside, *region.edges)
+    gate = None
+    if settings.gate:
+        gate = (
+            _starts_inside(grid.height, grid.window_h, region.rows),
+            _starts_inside(grid.width, grid.window_w, region.cols),
+            settings.positive,
+        )
+    probs = cell_probabilities(dense, region.rgb, region.inside, *region.edges, gate)
     # A cell is mapped when no more of it is nodata than a window may be.
     keep = (1.0 - region.share) <= settings.max_nodata_fraction
     weights = keep.astype(np.float64)

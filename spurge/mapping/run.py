@@ -427,6 +427,7 @@ def _map_one(
             max_nodata_fraction=card.species_config().max_nodata_fraction,
             device=settings["device"],
             batch_tiles=settings["batch_size"] * 4 if settings["device"] != "cpu" else 16,
+            positive=card.positive_index,
         )
     started = time.perf_counter()
     _run_blocks(

@@ -315,3 +315,30 @@ def test_resume_after_interruption_gives_same_bytes(synth, random_run, tmp_path,
         assert (tmp_path / "whole" / name).read_bytes() == (
             tmp_path / "resumed" / name
         ).read_bytes()
+
+
+def test_gate_caps_cells_by_covering_windows():
+    """Cells: 2 px; features: 2 px; windows: 4 px every 2 px. A cell whose own CAM says
+    present (z = 4) but whose best covering window is 50/50 gets 0.5."""
+    from spurge.mapping.dense import DenseGeometry, gate_by_windows
+
+    g = DenseGeometry(4, 4, 4, 2, 2, 2, 0)
+    z = torch.tensor([[4.0, -4.0, -4.0, -4.0]] * 2)
+    cam = torch.stack([torch.zeros_like(z), z])
+    sig = 1 / (1 + math.exp(-4))
+    probs = np.stack([np.full((1, 4), 1 - sig), np.full((1, 4), 1 - sig)])
+    probs[1, 0, 0], probs[0, 0, 0] = sig, 1 - sig
+    probs[1, 0, 1:] = 1 - sig
+    probs[0, 0, 1:] = sig
+    out = gate_by_windows(
+        probs,
+        cam,
+        g,
+        np.array([0, 2]),
+        np.array([0, 2, 4, 6, 8]),
+        np.array([0]),
+        np.array([0, 2, 4]),
+        1,
+    )
+    np.testing.assert_allclose(out[1, 0], [0.5, 1 - sig, 1 - sig, 1 - sig], atol=1e-6)
+    np.testing.assert_allclose(out.sum(axis=0), 1.0)
