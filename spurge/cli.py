@@ -695,6 +695,23 @@ def _map_outputs(ctx: click.Context, param: click.Parameter, value: str | None) 
     help="When the ortho's pixel size is over 1.5x off the model's training GSD: "
     "resample windows with a warning, resample silently, or refuse.",
 )
+@click.option(
+    "--method",
+    type=click.Choice(["windows", "dense"]),  # MapSettings checks them against METHODS
+    default="windows",
+    show_default=True,
+    help="windows: classify overlapping model windows (cells = --stride). dense: run the "
+    "backbone once over the ortho and apply the head per feature (fine cells, faster; "
+    "not for dinov2).",
+)
+@click.option(
+    "--cell-size",
+    type=float,
+    default=None,
+    help="Dense output cell in metres, a whole number of ortho pixels and no finer than "
+    "the backbone's feature step [default: that step, ~0.5 m for leafy spurge].",
+)
+@device_option("Where the model runs.")
 def map_(
     orthos: tuple[Path, ...],
     run_dir: Path | None,

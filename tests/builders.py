@@ -247,3 +247,36 @@ def make_colour_model(
     card = ModelCard.for_classifier("test-colour", spec, config, tiles_dir=tiles_dir)
     save_model(model, card, run_dir)
     return run_dir
+
+
+# A dense-capable twin of ``test-colour`` (issue 12): the same per-pixel colour score as a
+# feature map, average-pooled by 8 px then globally, so the backbone can run fully
+# convolutionally (feature stride 8 px) and a window's score is the mean of its features.
+class SpurgeColourMap(nn.Module):
+    """Per-pixel spurge-bract score (N, 1, H, W) of ``SpurgeColour``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r, g, b = x[:, 0], x[:, 1], x[:, 2]
+        ratio = (g - b) / (g + 1e-3)
+        score = torch.sigmoid(40 * (ratio - 0.5))
+        score = score * torch.sigmoid(40 * (g - 0.56)) * torch.sigmoid(40 * (g - r))
+        return score[:, None]
+
+
+@register_backbone("test-colour-conv")
+def _test_colour_conv(pretrained: bool) -> BackboneSpec:
+    module = nn.Sequential(
+        SpurgeColourMap(), nn.AvgPool2d(8), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    return BackboneSpec(module, 1, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), TILE_PX)
+
+
+def make_dense_colour_model(run_dir: Path, config: SpeciesConfig | None = None) -> Path:
+    """The colour-rule model on the dense-capable ``test-colour-conv`` backbone."""
+    config = config or TINY_CONFIG
+    model, spec = build_classifier("test-colour-conv", 2)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.tensor([[-40.0], [40.0]]))
+        model.head.bias.copy_(torch.tensor([2.4, -2.4]))
+    save_model(model, ModelCard.for_classifier("test-colour-conv", spec, config), run_dir)
+    return run_dir

@@ -39,8 +39,10 @@ def ensure_writable_dir(path: str | Path) -> Path:
 
 
 def temporary_sibling(path: Path) -> Path:
-    """A unique temporary path in the same directory, keeping the suffix for format drivers
-    and naming the process that owns it."""
+    """A unique temporary path beside ``path``, named after the process that owns it.
+
+    The suffix is kept for format drivers that choose by extension.
+    """
     return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}-{path.name}")
 
 
@@ -88,8 +90,10 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete temporaries left by killed runs (those whose owner process is gone, this
-    process's own excepted); returns how many were removed."""
+    """Delete temporaries left by killed runs; returns how many were removed.
+
+    Only those whose owner process is gone: a live run's (or this process's) are kept.
+    """
     removed = 0
     for stale in Path(folder).glob(f"{TMP_PREFIX}*"):
         if _owner_alive(stale.name):

@@ -26,9 +26,11 @@ from safetensors import SafetensorError
 from tqdm import tqdm
 
 from spurge.classifier import MODEL_CARD, MODEL_WEIGHTS, ModelCard, load_model
-from spurge.errors import ModelError, RasterError, SpurgeError
+from spurge.device import resolve_device
+from spurge.errors import ModelError, RasterError, SpurgeError, one_line
 from spurge.io.atomic import ensure_writable_dir, remove_stale_temporaries
 from spurge.io.paths import refuse_overwriting_inputs
+from spurge.io.raster import open_ortho, pixel_size_m
 from spurge.mapping.checkpoint import (
     CHECKPOINT_PREFIX,
     Checkpoint,
@@ -36,22 +38,29 @@ from spurge.mapping.checkpoint import (
     output_lock,
     up_to_date,
 )
+from spurge.mapping.dense import cell_px_for, feature_extractor, finest_cell_px, probe_stride
 from spurge.mapping.grid import Block, MapGrid, plan_blocks
 from spurge.mapping.plan import GsdWarning, OrthoPlan, check_card, plan_ortho
 from spurge.mapping.predict import (
     BlockResult,
     BlockSettings,
+    DenseSettings,
     classify_block,
+    classify_dense_block,
+    plan_dense_blocks,
     predict_block,
+    predict_dense_block,
     read_block,
+    read_dense_block,
 )
 from spurge.mapping.products import make_product, output_paths, write_products
-from spurge.mapping.settings import BLENDS, GSD_POLICIES, MapSettings
+from spurge.mapping.settings import BLENDS, GSD_POLICIES, METHODS, MapSettings
 
 __all__ = [
     "BLENDS",
     "CHECKPOINT_PREFIX",
     "GSD_POLICIES",
+    "METHODS",
     "GsdWarning",
     "MapResult",
     "MapSettings",
@@ -78,6 +87,7 @@ class OrthoMap:
     #: Wall time spent on windows (read, classify, blend) and on the whole ortho.
     seconds_windows: float = 0.0
     seconds_total: float = 0.0
+    method: str = "windows"
 
 
 @dataclass
@@ -96,9 +106,14 @@ class MapResult:
             resumed = (
                 f", {m.resumed_blocks} resumed from a previous run" if m.resumed_blocks else ""
             )
+            what = (
+                f"dense, {m.windows} cells ({m.skipped} left nodata)"
+                if m.method == "dense"
+                else f"{m.windows} windows of {m.grid.window_w}x{m.grid.window_h} px "
+                f"({m.skipped} skipped as nodata)"
+            )
             parts.append(
-                f"{m.ortho.name}: {m.windows} windows of {m.grid.window_w}x{m.grid.window_h} px "
-                f"({m.skipped} skipped as nodata) in {m.blocks} blocks{resumed} -> "
+                f"{m.ortho.name}: {what} in {m.blocks} blocks{resumed} -> "
                 f"{m.grid.cols}x{m.grid.rows} cells of {m.grid.stride_x}x{m.grid.stride_y} px, "
                 f"{m.polygons} presence polygon(s) covering {m.presence_area_m2:.1f} m²; "
                 f"band scaling {m.scaling_source}"
@@ -139,13 +154,17 @@ def map_orthos(
         overrides: any :class:`MapSettings` field, e.g. ``stride=8, progress=False``.
     """
     settings = _settings(settings, overrides)
+    settings = replace(settings, device=str(resolve_device(settings.device)))
     orthos = [Path(o) for o in orthos]
     _check_names(orthos)
     run_dir = Path(run_dir)
-    card = _load_card(run_dir)
+    model, card = _load_model(run_dir)
     # Check the model and every orthomosaic before anything is written, so a bad second
     # ortho does not stop the run after the first was mapped.
     plans = [plan_ortho(o, card, settings) for o in orthos]
+    if settings.method == "dense":
+        stride = probe_stride(feature_extractor(card.backbone, model.backbone), card.input_size)
+        plans = [_dense_plan(p, card, stride, settings.cell_size) for p in plans]
     out = Path(out_dir)
     finals = [p for o in orthos for p in output_paths(out, o.stem, settings.writer_names).values()]
     refuse_overwriting_inputs(finals, [*orthos, run_dir / MODEL_CARD, run_dir / MODEL_WEIGHTS])
@@ -177,15 +196,28 @@ def _check_names(orthos: list[Path]) -> None:
         )
 
 
-def _load_card(run_dir: Path) -> ModelCard:
+def _load_model(run_dir: Path) -> tuple[Any, ModelCard]:
     """Load the model once here, so a bad card or bad weights stop the run before mapping."""
     try:
-        _, card = load_model(run_dir)
+        model, card = load_model(run_dir)
     except SafetensorError as exc:
-        reason = " ".join(str(exc).split())[:160]
-        raise ModelError(f"cannot read the weights ({reason})", run_dir / MODEL_WEIGHTS) from exc
+        raise ModelError(
+            f"cannot read the weights ({one_line(exc, 160)})", run_dir / MODEL_WEIGHTS
+        ) from exc
     check_card(card, run_dir)
-    return card
+    return model, card
+
+
+def _dense_plan(plan: OrthoPlan, card: ModelCard, stride: int, cell_m: float | None) -> OrthoPlan:
+    """The plan with dense cells: ``cell_m`` metres, default one backbone feature step."""
+    with open_ortho(plan.ortho) as src:
+        pixels = pixel_size_m(src)
+    grid = plan.grid
+    cells = []
+    for axis, window, pixel in (("x", grid.window_w, pixels[0]), ("y", grid.window_h, pixels[1])):
+        finest = finest_cell_px(window, card.input_size, stride)
+        cells.append(finest if cell_m is None else cell_px_for(cell_m, pixel, finest, axis))
+    return replace(plan, grid=replace(grid, stride_x=cells[0], stride_y=cells[1]))
 
 
 @contextlib.contextmanager
@@ -201,9 +233,8 @@ def _dask_client(settings: MapSettings) -> Iterator[Any]:
         try:
             client = Client(settings.scheduler, timeout="10s")
         except (OSError, TimeoutError, ValueError) as exc:
-            reason = " ".join(str(exc).split())[:160]
             raise SpurgeError(
-                f"cannot reach the Dask scheduler {settings.scheduler!r} ({reason})"
+                f"cannot reach the Dask scheduler {settings.scheduler!r} ({one_line(exc, 160)})"
             ) from exc
     else:
         with _sigint_ignored():  # worker processes inherit it: Ctrl-C reaches only us
@@ -252,6 +283,7 @@ def _map_one(
     paths = output_paths(out, plan.name, settings.writer_names)
     record_path = paths.pop("record")
     result = OrthoMap(plan.ortho, {**paths, "record": record_path}, plan.grid)
+    result.method = settings.method
     result.scaling_source = plan.scaling_source
     key = fingerprint(plan, card, settings)
     if up_to_date(paths, record_path, key):
@@ -259,7 +291,8 @@ def _map_one(
         return result
     checkpoint = Checkpoint(out, plan.name)
     checkpoint.open(key)
-    blocks = plan_blocks(plan.grid, settings.block_windows)
+    planner = plan_dense_blocks if settings.method == "dense" else plan_blocks
+    blocks = planner(plan.grid, settings.block_windows)
     todo = [b for b in blocks if not checkpoint.has(b.index)]
     result.blocks, result.resumed_blocks = len(blocks), len(blocks) - len(todo)
     started = time.perf_counter()
@@ -291,8 +324,21 @@ def _map_one(
 
 def _block_settings(
     plan: OrthoPlan, run_dir: Path, card: ModelCard, settings: MapSettings
-) -> BlockSettings:
+) -> BlockSettings | DenseSettings:
     config = card.species_config()
+    if settings.method == "dense":
+        return DenseSettings(
+            ortho=str(plan.ortho.resolve()),
+            run_dir=str(run_dir.resolve()),
+            weights_sha256=card.weights_sha256,
+            scaling=plan.scaling.to_dict(),
+            alpha_band=config.alpha_band,
+            max_nodata_fraction=config.max_nodata_fraction,
+            device=settings.device,
+            # 16 windows per forward keep CPU activations near 200 MB; GPUs take more.
+            batch_tiles=settings.batch_size * 4 if settings.device != "cpu" else 16,
+            positive=card.positive_index,
+        )
     return BlockSettings(
         ortho=str(plan.ortho.resolve()),
         run_dir=str(run_dir.resolve()),
@@ -303,7 +349,15 @@ def _block_settings(
         batch_size=settings.batch_size,
         blend=settings.blend,
         max_nodata_fraction=config.max_nodata_fraction,
+        device=settings.device,
     )
+
+
+def _block_functions(settings: BlockSettings | DenseSettings) -> tuple[Any, Any, Any]:
+    """(read, classify, predict) block functions for the windows or the dense method."""
+    if isinstance(settings, DenseSettings):
+        return read_dense_block, classify_dense_block, predict_dense_block
+    return read_block, classify_block, predict_block
 
 
 def _merge(
@@ -346,7 +400,7 @@ def _record_builder(
 def _run_blocks(
     todo: list[Block],
     plan: OrthoPlan,
-    settings: BlockSettings,
+    settings: BlockSettings | DenseSettings,
     checkpoint: Checkpoint,
     client: Any,
     progress: bool | None,
@@ -368,33 +422,39 @@ def _run_blocks(
 
 
 def _run_local(
-    todo: list[Block], grid: MapGrid, settings: BlockSettings, checkpoint: Checkpoint, bar: Any
+    todo: list[Block],
+    grid: MapGrid,
+    settings: BlockSettings | DenseSettings,
+    checkpoint: Checkpoint,
+    bar: Any,
 ) -> None:
+    read, classify, _ = _block_functions(settings)
     # Read the next block in a thread while the model classifies this one: GDAL decoding and
     # torch both release the GIL, so reading hides behind the forward.
     with ThreadPoolExecutor(max_workers=1) as reader:
-        ahead = reader.submit(read_block, grid, todo[0], settings) if todo else None
+        ahead = reader.submit(read, grid, todo[0], settings) if todo else None
         for i, block in enumerate(todo):
             pixels = ahead.result()
             if i + 1 < len(todo):
-                ahead = reader.submit(read_block, grid, todo[i + 1], settings)
-            checkpoint.save(classify_block(grid, pixels, settings))
+                ahead = reader.submit(read, grid, todo[i + 1], settings)
+            checkpoint.save(classify(grid, pixels, settings))
             bar.update(block.n_windows)
 
 
 def _run_dask(
     todo: list[Block],
     grid: MapGrid,
-    settings: BlockSettings,
+    settings: BlockSettings | DenseSettings,
     checkpoint: Checkpoint,
     bar: Any,
     client: Any,
 ) -> None:
     from dask.distributed import as_completed
 
+    _, _, predict = _block_functions(settings)
     futures = [
         client.submit(
-            predict_block,
+            predict,
             grid,
             block,
             settings,

@@ -15,6 +15,9 @@ from typing import Any
 from spurge.errors import SpurgeError
 
 BLENDS = ("mean", "gaussian")
+#: ``windows``: classify overlapping model windows; ``dense``: the backbone fully
+#: convolutionally, the head per feature, cells finer than a window (:mod:`spurge.mapping.dense`).
+METHODS = ("windows", "dense")
 GSD_POLICIES = ("warn", "resample", "refuse")
 #: ``tcp://host:8786``, ``tls://...``, ``inproc://...``, ``ucx://...`` or a bare ``host:port``.
 _SCHEDULER_ADDRESS = re.compile(
@@ -42,6 +45,11 @@ class MapSettings:
         scheduler: address of an existing Dask scheduler (``tcp://host:8786``) instead.
         processes: LocalCluster workers as processes (True) or threads (False).
         progress: show progress bars (None: when stderr is a terminal).
+        method: ``windows`` or ``dense`` (:data:`METHODS`).
+        cell_size: dense output cell in metres (None: one backbone feature step).
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps`` (:func:`spurge.device.resolve_device`);
+            :func:`spurge.mapping.map_orthos` resolves it before the fingerprint is taken,
+            since fp16 on a GPU changes the bytes.
     """
 
     stride: int | None = None
@@ -57,8 +65,19 @@ class MapSettings:
     scheduler: str | None = None
     processes: bool = True
     progress: bool | None = field(default=None, compare=False)
+    method: str = "windows"
+    cell_size: float | None = None
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise SpurgeError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.cell_size is not None and self.method != "dense":
+            raise SpurgeError("--cell-size needs --method dense (windows cells are the --stride)")
+        if self.cell_size is not None and not self.cell_size > 0:
+            raise SpurgeError(
+                f"--cell-size must be a positive number of metres, got {self.cell_size}"
+            )
         if not 0 < self.threshold < 1:
             raise SpurgeError(f"--threshold must be between 0 and 1, got {self.threshold}")
         if self.stride is not None and self.stride < 1:

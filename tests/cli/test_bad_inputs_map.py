@@ -163,7 +163,8 @@ def test_bad_model_card_fails_before_mapping(
 
 def _full_disk_after(calls: int):
     """A ``cog_translate`` that writes the first ``calls`` rasters, then half a file and
-    ENOSPC: the disk filled up in the middle of the map's outputs."""
+    ENOSPC: the disk filled up in the middle of the map's outputs.
+    """
     from spurge.mapping import writers
 
     real = writers.cog_translate

@@ -215,7 +215,8 @@ def test_polygon_plots_off_size_are_refused(inputs: Path, shape, problem: str) -
 
 def test_polygons_within_tolerance_are_cut_as_plot_squares(inputs: Path, tmp_path: Path) -> None:
     """A rotated 3.5 x 2.9 m outline and a square with a 0.1 m sliver: a 3.2 m square around
-    the centroid of the largest part, the same windows as point plots at those centroids."""
+    the centroid of the largest part, the same windows as point plots at those centroids.
+    """
     geoms = [_square(centre(i), PLOT_M, PLOT_M) for i in range(N_PLOTS)]
     geoms[2] = rotate(_square(centre(2), 3.5, 2.9), 30, origin="centroid")
     sliver = _square(Point(centre(6).x + 2.5, centre(6).y), 0.1, 0.1)

@@ -133,7 +133,8 @@ def test_pixel_size_in_metres_for_scaled_projections(
     tmp_path: Path, crs: str, lat: float, scaled: bool
 ) -> None:
     """Web/World Mercator grid metres are not ground metres away from the equator; UTM's
-    0.9996 is within SCALE_TOLERANCE and taken at face value."""
+    0.9996 is within SCALE_TOLERANCE and taken at face value.
+    """
     lon = -111.0
     x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
     path = tmp_path / "m.tif"

@@ -92,7 +92,8 @@ def test_touching_footprints_are_not_overlaps() -> None:
 
 def test_a_mixed_overlap_group_never_takes_another_class_last_plot() -> None:
     """Class b's only training plot overlaps an a plot: val may take a plots for class a,
-    but never that group, whatever the seed."""
+    but never that group, whatever the seed.
+    """
     plots = pd.DataFrame(
         {
             "site": ["s1"] * 4 + ["s2"],

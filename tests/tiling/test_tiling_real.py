@@ -111,7 +111,8 @@ def test_float32_points_osbs(testdata, tmp_path) -> None:
 
 def test_polygons_over_two_grids(testdata, tmp_path) -> None:
     """Rotated plot outlines (1.39 x 1.15 m) over rgb.tif (uint8, 4 bands) and 615.tif
-    (float32, 5 bands, nodata): each is cut as a 1.28 m square around its centroid."""
+    (float32, 5 bands, nodata): each is cut as a 1.28 m square around its centroid.
+    """
     plots = gpd.read_file(testdata / "square_crop_with_plot_ids.geojson")
     plots["label"] = ["absent", "present"]
     labels = tmp_path / "plots.gpkg"

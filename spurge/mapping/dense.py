@@ -1,0 +1,447 @@
+"""Dense inference: the classifier's backbone run fully convolutionally over ortho regions.
+
+Contract:
+
+- A classifier is backbone -> global average pool -> linear head. The head is linear, so the
+  head applied to features averaged over a footprint equals the average over that footprint of
+  the head applied at every feature location (the class-activation map, CAM). This module
+  computes CAM logits once per region and pools them over any footprint: a model window
+  (which approximates the window classifier) or an output cell (fine cells).
+- Geometry: a region is resized by ``input_size / window_px`` exactly as windows are, so one
+  backbone feature covers ``window_px / (input_size / stride)`` ortho px (36 px = 0.5 m for
+  EfficientNet-Lite0 at 250 px windows of 1.4 cm). Regions start and end on multiples of the
+  window size, so every region's features sit on one global lattice and the resize maps ortho
+  pixels to the same input positions whatever region they are read in: cells mapped from two
+  blocks agree with one block (seams) up to the backbone's receptive field, which the
+  ``margin`` (in windows) covers.
+- Memory is bounded by the region: nothing here holds more than one region's pixels, features
+  and logits.
+- Backbones that cannot run densely (``dinov2``: a ViT whose head reads the CLS token, which
+  has no spatial position) raise :class:`DenseUnsupportedError`.
+
+This module imports only numpy, torch, rasterio and spurge's light helpers (no geopandas,
+pydantic): ``benchmarks/gpu_map_check.py`` loads it by file path on bare GPU machines.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.windows import Window
+from torch import nn
+
+from spurge.errors import SpurgeError
+from spurge.io.raster import BandScaling, valid_mask
+
+#: Backbones that cannot run densely, and why (the docs and the error say the same).
+NOT_DENSE = {
+    "dinov2": "its head reads the ViT's CLS token, which pools the whole 224 px input through "
+    "attention and has no position on the ground; use --method windows",
+}
+
+#: GDAL block cache (MB) for the region readers: each region is read once.
+GDAL_CACHE_MB = 64
+
+
+class DenseUnsupportedError(SpurgeError):
+    """The model's backbone cannot run fully convolutionally."""
+
+
+class _ForwardFeatures(nn.Module):
+    """A timm model's ``forward_features`` as a module (so it moves to a device/layout)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+def feature_extractor(name: str, backbone: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x (N, 3, H, W) -> features (N, F, h, w)`` for a backbone whose output is the global
+    average of such a map; :class:`DenseUnsupportedError` for any other."""
+    if name in NOT_DENSE:
+        raise DenseUnsupportedError(f"backbone {name!r} cannot map densely: {NOT_DENSE[name]}")
+    if hasattr(backbone, "forward_features") and getattr(backbone, "global_pool", None):
+        pool = backbone.global_pool
+        kind = getattr(pool, "pool_type", "avg")
+        if kind == "avg":  # timm CNNs: forward_features then global average pool
+            return _ForwardFeatures(backbone)
+    if isinstance(backbone, nn.Sequential) and len(backbone) > 2:
+        *body, pool, flat = list(backbone)
+        if isinstance(pool, nn.AdaptiveAvgPool2d) and isinstance(flat, nn.Flatten):
+            return nn.Sequential(*body)
+    children = dict(backbone.named_children())
+    if isinstance(children.get("avgpool"), nn.AdaptiveAvgPool2d) and "layer4" in children:
+        names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+        return nn.Sequential(*(children[n] for n in names))  # torchvision ResNets
+    raise DenseUnsupportedError(
+        f"backbone {name!r} cannot map densely: its features are not a global average of a "
+        "convolutional feature map; use --method windows"
+    )
+
+
+@dataclass(frozen=True)
+class DenseGeometry:
+    """Sizes, in ortho px unless named otherwise, that tie the ortho to the feature lattice."""
+
+    window_x: int
+    window_y: int
+    input_size: int  # network input px per window side
+    stride: int  # backbone output stride, network input px
+    cell_x: int
+    cell_y: int
+    margin: int = 1  # windows of context read around each block
+
+    @property
+    def features_per_window(self) -> int:
+        return self.input_size // self.stride
+
+    @property
+    def step_x(self) -> float:
+        """Ortho px per feature along x."""
+        return self.window_x / self.features_per_window
+
+    @property
+    def step_y(self) -> float:
+        return self.window_y / self.features_per_window
+
+
+@torch.no_grad()
+def probe_stride(features: Callable[[torch.Tensor], torch.Tensor], input_size: int) -> int:
+    """The backbone's output stride in input px, from one forward of a blank window."""
+    weight = next(iter(getattr(features, "parameters", lambda: iter(()))()), None)
+    device = weight.device if weight is not None else torch.device("cpu")
+    out = features(torch.zeros(1, 3, input_size, input_size, device=device))
+    return input_size // out.shape[-1]
+
+
+def finest_cell_px(window_px: int, input_size: int, stride: int) -> int:
+    """The smallest whole number of ortho px that is at least one feature step."""
+    return math.ceil(window_px * stride / input_size - 1e-9)
+
+
+def cell_px_for(cell_m: float, pixel_m: float, finest_px: int, axis: str) -> int:
+    """Ortho px per cell for ``--cell-size``; a one-line error when it is not usable."""
+    px = cell_m / pixel_m
+    if not math.isfinite(px) or px <= 0 or abs(px - round(px)) > 1e-6 * max(1.0, px):
+        raise SpurgeError(
+            f"--cell-size {cell_m:g} m is not a whole number of ortho pixels along {axis} "
+            f"({pixel_m:.6g} m each: {px:.4g} px); use a multiple of {pixel_m:.6g} m"
+        )
+    if round(px) < finest_px:
+        raise SpurgeError(
+            f"--cell-size {cell_m:g} m ({round(px)} px) is finer than the backbone's feature "
+            f"step ({finest_px} px = {finest_px * pixel_m:.4g} m along {axis}); the dense "
+            "map has nothing finer to give"
+        )
+    return round(px)
+
+
+def region_bounds(lo: int, hi: int, window: int, margin: int, size: int) -> tuple[int, int]:
+    """Half-open ortho range read for cells spanning ``[lo, hi)``: ``margin`` windows of
+    context, snapped outwards to the window lattice and clamped to the lattice cells that hold
+    the ortho (``size`` px): no block reads context beyond the ortho's edge, so a cell on the
+    edge sees the same input (and the same zero padding there) whatever block maps it."""
+    start = max(0, (lo // window - margin) * window)
+    stop = min(-(-size // window) * window, (-(-hi // window) + margin) * window)
+    return start, stop
+
+
+def _read_strip(
+    path: str, scaling: BandScaling, alpha_band: int | None, window: Window
+) -> tuple[np.ndarray, np.ndarray]:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(path) as src:
+        bands = list(scaling.bands)
+        data = src.read(bands, window=window)
+        valid = valid_mask(src, window, bands, alpha_band, data)
+    rgb = scaling.apply(data)
+    rgb[:, ~valid] = 0  # nodata is black, as in the window path
+    return rgb, valid
+
+
+def read_region(
+    path: str,
+    size: tuple[int, int],
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    scaling: BandScaling,
+    alpha_band: int | None = None,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """8-bit RGB (H, W, 3) and validity (H, W) of ortho rows/cols (may reach outside).
+
+    The part inside the ortho (width, height = ``size``) is decoded in ``threads`` horizontal
+    strips at once (GDAL releases the GIL); outside is 0 and invalid. Also returns the inside
+    box ``(y0, y1, x0, x1)`` relative to the region.
+    """
+    width, height = size
+    y0, y1 = max(rows[0], 0), min(rows[1], height)
+    x0, x1 = max(cols[0], 0), min(cols[1], width)
+    h, w = rows[1] - rows[0], cols[1] - cols[0]
+    rgb = np.zeros((h, w, 3), np.uint8)
+    valid = np.zeros((h, w), bool)
+    inside = (y0 - rows[0], y1 - rows[0], x0 - cols[0], x1 - cols[0])
+    if y1 <= y0 or x1 <= x0:
+        return rgb, valid, inside
+    n = max(1, min(threads, (y1 - y0) // 64))
+    edges = np.linspace(y0, y1, n + 1).round().astype(int)
+    windows = [Window(x0, a, x1 - x0, b - a) for a, b in itertools.pairwise(edges)]
+
+    def one(window: Window) -> None:
+        strip, ok = _read_strip(path, scaling, alpha_band, window)
+        r = int(window.row_off) - rows[0]
+        rgb[r : r + ok.shape[0], inside[2] : inside[3]] = strip.transpose(1, 2, 0)
+        valid[r : r + ok.shape[0], inside[2] : inside[3]] = ok
+
+    if n == 1:
+        one(windows[0])
+    else:
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            list(pool.map(one, windows))
+    return rgb, valid, inside
+
+
+class DenseModel:
+    """Backbone features + linear head -> CAM logits for a region, on any device."""
+
+    def __init__(
+        self,
+        features: Callable[[torch.Tensor], torch.Tensor],
+        head: nn.Linear,
+        mean: tuple[float, ...] | list[float],
+        std: tuple[float, ...] | list[float],
+        geometry: DenseGeometry,
+        device: torch.device,
+        tiled: bool = True,
+        batch_tiles: int = 64,
+    ) -> None:
+        self.features = features
+        self.tiled, self.batch_tiles = tiled, batch_tiles
+        self.geometry = geometry
+        self.device = device
+        if isinstance(features, nn.Module):
+            # Channels-last weights match the channels-last input: the fast conv path.
+            features.to(device, memory_format=torch.channels_last).eval()
+        self.weight = head.weight.detach().float().to(device)
+        self.bias = head.bias.detach().float().to(device)
+        self.mean = torch.tensor(list(mean), device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(list(std), device=device).view(1, 3, 1, 1)
+        self.half = device.type == "cuda"
+
+    def prepare(self, rgb: np.ndarray, inside: tuple[int, int, int, int]) -> torch.Tensor:
+        """uint8 (H, W, 3) -> normalised, resized, channels-last float (1, 3, h, w)."""
+        g = self.geometry
+        batch = torch.from_numpy(rgb)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()  # page-locked: the copy below runs asynchronously
+        # NCHW for the resize (its antialiased kernel is ~3x slower on a channels-last view).
+        batch = batch.to(self.device, non_blocking=True).permute(2, 0, 1)[None].float().contiguous()
+        batch = batch.div_(255.0)
+        h, w = rgb.shape[:2]
+        out = (h * g.input_size // g.window_y, w * g.input_size // g.window_x)
+        batch = nn.functional.interpolate(
+            batch, size=out, mode="bilinear", align_corners=False, antialias=True
+        )
+        batch = (batch - self.mean) / self.std
+        # Outside the ortho the input is 0 after normalisation: what a window's conv padding
+        # sees beyond its edge.
+        sy, sx = g.input_size / g.window_y, g.input_size / g.window_x
+        y0, y1 = round(inside[0] * sy), round(inside[1] * sy)
+        x0, x1 = round(inside[2] * sx), round(inside[3] * sx)
+        if (y0, y1, x0, x1) != (0, out[0], 0, out[1]):
+            keep = torch.zeros(out, dtype=torch.bool, device=self.device)
+            keep[y0:y1, x0:x1] = True
+            batch = batch * keep
+        return batch.contiguous(memory_format=torch.channels_last)
+
+    def prepare_tiles(
+        self, rgb: np.ndarray, inside: tuple[int, int, int, int], first: int = 0, count: int = -1
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Windows ``first .. first+count`` (row-major; all by default) of a lattice-aligned
+        region as a batch (n, 3, S, S), each resized and normalised exactly as the window
+        classifier's input, channels-last; and the region's windows (nh, nw)."""
+        g = self.geometry
+        nh, nw = rgb.shape[0] // g.window_y, rgb.shape[1] // g.window_x
+        stop = nh * nw if count < 0 else min(nh * nw, first + count)
+        index = np.arange(first, stop)
+        tiles = rgb.reshape(nh, g.window_y, nw, g.window_x, 3).swapaxes(1, 2)
+        batch = torch.from_numpy(tiles[index // nw, index % nw])  # copies only this chunk
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()  # page-locked: the copy below runs asynchronously
+        batch = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        size = (g.input_size, g.input_size)
+        if batch.shape[-2:] != size:
+            batch = nn.functional.interpolate(
+                batch.contiguous(), size=size, mode="bilinear", align_corners=False, antialias=True
+            )
+        batch = (batch - self.mean) / self.std
+        rows = _keep(nh, g.window_y, g.input_size, inside[0], inside[1], self.device)
+        cols = _keep(nw, g.window_x, g.input_size, inside[2], inside[3], self.device)
+        if not (rows.all() and cols.all()):
+            # Outside the ortho the input is 0 after normalisation (conv padding's value).
+            at = torch.from_numpy(index).to(self.device)
+            keep = rows[at // nw][:, :, None] & cols[at % nw][:, None, :]
+            batch = batch * keep[:, None]
+        return batch.contiguous(memory_format=torch.channels_last), (nh, nw)
+
+    @torch.no_grad()
+    def logits(self, rgb: np.ndarray, inside: tuple[int, int, int, int]) -> torch.Tensor:
+        """CAM logits (C, h, w), float32 on the CPU, one per feature of the region.
+
+        Tiled (the default): the region's windows on the lattice go through the backbone as
+        a batch of separate windows, exactly like the training tiles and the window path
+        (zero padding at each window's edge), so the features the head sees are the ones it
+        was trained on. Otherwise the region goes through as one image (features with real
+        context across window edges; needs margins)."""
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext()
+        if not self.tiled:
+            with autocast:
+                feats = self.features(self.prepare(rgb, inside))[0].float()
+            cam = torch.einsum("cf,fhw->chw", self.weight, feats) + self.bias[:, None, None]
+            return cam.cpu()
+        g = self.geometry
+        nh, nw = rgb.shape[0] // g.window_y, rgb.shape[1] // g.window_x
+        parts = []
+        for first in range(0, nh * nw, self.batch_tiles):
+            # One batch of windows prepared at a time: float copies never exceed a batch.
+            batch, _ = self.prepare_tiles(rgb, inside, first, self.batch_tiles)
+            with autocast:
+                feats = self.features(batch).float()
+            cam = torch.einsum("cf,nfhw->nchw", self.weight, feats) + self.bias[:, None, None]
+            parts.append(cam)
+        cam = torch.cat(parts)
+        _n, c, k, _ = cam.shape
+        return cam.reshape(nh, nw, c, k, k).permute(2, 0, 3, 1, 4).reshape(c, nh * k, nw * k).cpu()
+
+
+def _keep(n: int, window: int, size: int, lo: int, hi: int, device: torch.device) -> torch.Tensor:
+    """(n, size) bools: which input px of each of ``n`` windows along one axis lie in the
+    ortho px range ``[lo, hi)`` of the region."""
+    px = torch.arange(n * size, device=device).reshape(n, size)
+    centre = (px + 0.5) * window / size  # region px under each input px
+    return (centre >= lo) & (centre < hi)
+
+
+def footprint_weights(
+    starts: np.ndarray, stops: np.ndarray, origin: int, step: float, n: int
+) -> np.ndarray:
+    """(len(starts), n) weights: the share of each footprint ``[start, stop)`` (ortho px)
+    that feature ``j`` (covering ``[origin + j*step, origin + (j+1)*step)``) covers."""
+    edges = origin + np.arange(n + 1) * step
+    lo = np.maximum(starts[:, None], edges[None, :-1])
+    hi = np.minimum(stops[:, None], edges[None, 1:])
+    overlap = np.clip(hi - lo, 0, None)
+    return overlap / (stops - starts)[:, None]
+
+
+def pool_logits(cam: torch.Tensor, rows_w: np.ndarray, cols_w: np.ndarray) -> np.ndarray:
+    """Average CAM logits over footprints: (C, h, w) -> (C, len(rows), len(cols))."""
+    rw = torch.from_numpy(rows_w).float()
+    cw = torch.from_numpy(cols_w).float()
+    return torch.einsum("rh,chw,kw->crk", rw, cam, cw).double().numpy()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 0, in float64."""
+    shifted = logits - logits.max(axis=0, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=0, keepdims=True)
+
+
+def cell_valid_share(valid: np.ndarray, row_edges: np.ndarray, col_edges: np.ndarray) -> np.ndarray:
+    """Share of valid pixels in each cell, cell edges given in region px (clipped inside)."""
+    inner = valid[row_edges[0] : row_edges[-1], col_edges[0] : col_edges[-1]]
+    if inner.all():  # the usual case, without a cumulative sum over the whole region
+        return np.ones((len(row_edges) - 1, len(col_edges) - 1))
+    integral = np.zeros((valid.shape[0] + 1, valid.shape[1] + 1), np.int64)
+    integral[1:, 1:] = valid.cumsum(0).cumsum(1)
+    r, c = row_edges, col_edges
+    sums = (
+        integral[np.ix_(r[1:], c[1:])]
+        - integral[np.ix_(r[:-1], c[1:])]
+        - integral[np.ix_(r[1:], c[:-1])]
+        + integral[np.ix_(r[:-1], c[:-1])]
+    )
+    area = np.outer(np.diff(r), np.diff(c))
+    return np.divide(sums, area, out=np.zeros(sums.shape), where=area > 0)
+
+
+def cell_edges(first: int, stop: int, cell: int, size: int, origin: int) -> np.ndarray:
+    """Edges, in region px, of cells ``first..stop`` (``cell`` ortho px each, the last one
+    clipped to the ortho's ``size``) for a region starting at ortho px ``origin``."""
+    return np.minimum(np.arange(first, stop + 1) * cell, size) - origin
+
+
+def cell_probabilities(
+    dense: DenseModel,
+    rgb: np.ndarray,
+    inside: tuple[int, int, int, int],
+    row_edges: np.ndarray,
+    col_edges: np.ndarray,
+    gate: tuple[np.ndarray, np.ndarray, int] | None = None,
+) -> np.ndarray:
+    """Class probabilities (C, cells down, cells across): the head applied to the backbone
+    features averaged over each cell (= the CAM logits averaged over it), softmaxed.
+
+    ``gate`` = (window row starts, window col starts, positive class index), in region px:
+    each cell's positive probability is then capped by the highest window probability among
+    the windows covering the cell's centre (see :func:`gate_by_windows`)."""
+    g = dense.geometry
+    cam = dense.logits(rgb, inside)
+    rows_w = footprint_weights(row_edges[:-1], row_edges[1:], 0, g.step_y, cam.shape[1])
+    cols_w = footprint_weights(col_edges[:-1], col_edges[1:], 0, g.step_x, cam.shape[2])
+    probs = softmax(pool_logits(cam, rows_w, cols_w))
+    if gate is not None:
+        probs = gate_by_windows(probs, cam, g, row_edges, col_edges, *gate)
+    return probs
+
+
+def gate_by_windows(
+    probs: np.ndarray,
+    cam: torch.Tensor,
+    g: DenseGeometry,
+    row_edges: np.ndarray,
+    col_edges: np.ndarray,
+    row_starts: np.ndarray,
+    col_starts: np.ndarray,
+    positive: int,
+) -> np.ndarray:
+    """Cap each cell's positive probability by max P(window) over the windows (window
+    footprints at ``row_starts`` x ``col_starts``, pooled from the CAM) covering its centre.
+
+    Why: the head was trained on whole windows (a window is positive when spurge is anywhere
+    in it). A single feature's CAM logit spreads into neighbouring cells; a cell is presence
+    only when its own CAM says so *and* some window around it does. Other classes share the
+    rest of the probability in their previous proportions."""
+    rw = footprint_weights(row_starts, row_starts + g.window_y, 0, g.step_y, cam.shape[1])
+    cw = footprint_weights(col_starts, col_starts + g.window_x, 0, g.step_x, cam.shape[2])
+    p_win = softmax(pool_logits(cam, rw, cw))[positive]  # (window rows, window cols)
+    rc = (row_edges[:-1] + row_edges[1:]) / 2
+    cc = (col_edges[:-1] + col_edges[1:]) / 2
+    cover_r = (rc[:, None] >= row_starts[None]) & (rc[:, None] < row_starts[None] + g.window_y)
+    cover_c = (cc[:, None] >= col_starts[None]) & (cc[:, None] < col_starts[None] + g.window_x)
+    across = np.where(cover_c[None], p_win[:, None, :], 0.0).max(axis=2)  # (win rows, cells)
+    gate = np.where(cover_r[:, :, None], across[None], 0.0).max(axis=1)  # (cells, cells)
+    old = probs[positive]
+    new = np.minimum(old, gate)
+    rest = np.divide(1.0 - new, 1.0 - old, out=np.ones_like(old), where=old < 1.0)
+    out = probs * rest[None]
+    out[positive] = new
+    return out
+
+
+def device_summary(device: torch.device) -> dict[str, Any]:
+    """What ran the model, for records and benchmark lines."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {"device": str(device), "name": name, "fp16": device.type == "cuda"}
