@@ -36,7 +36,7 @@ from spurge.classifier import build_classifier
 from spurge.config import SpeciesConfig, load_config
 from spurge.io.tiles import write_tile_manifest
 from spurge.synthetic import synthesize
-from spurge.train import FewShotDataset, normalise, train
+from spurge.train import FewShotDataset, TrainSettings, train
 
 
 def cut_plot_tiles(
@@ -107,22 +107,22 @@ def throughput(tiles_dir: Path, backbone: str, steps: int, batch: int) -> tuple[
         [i % 2 for i in range(len(tiles))],
         [[] for _ in range(len(tiles))],
         0.0,
-        spec.input_size,
+        spec.transform,
     )
     sampler = torch.utils.data.RandomSampler(
         dataset, replacement=True, num_samples=(steps + 1) * batch
     )
     loader = iter(torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler))
     images, targets, _ = next(loader)  # warm-up; PNG decodes are cached as training goes
-    step(normalise(images, spec.mean, spec.std), targets)
-    fixed_x, fixed_y = normalise(images, spec.mean, spec.std), targets
+    step(spec.transform.normalise(images), targets)
+    fixed_x, fixed_y = spec.transform.normalise(images), targets
     # The two arms alternate step by step, so load from other processes on a shared machine
     # hits both alike.
     pipeline_s = preloaded_s = 0.0
     for _ in range(steps):
         start = time.perf_counter()
         images, targets, _ = next(loader)
-        step(normalise(images, spec.mean, spec.std), targets)
+        step(spec.transform.normalise(images), targets)
         pipeline_s += time.perf_counter() - start
         start = time.perf_counter()
         step(fixed_x, fixed_y)
@@ -183,13 +183,15 @@ def main() -> None:
                 tiles_dir,
                 config,
                 work / f"run_seed{train_seed}",
-                shots=args.shots,
-                seed=train_seed,
-                backbone=args.backbone,
-                mode="linear",
-                steps=args.steps,
-                batch_size=args.batch_size,
-                eval_every=max(args.steps // 4, 1),
+                TrainSettings(
+                    shots=args.shots,
+                    seed=train_seed,
+                    backbone=args.backbone,
+                    mode="linear",
+                    steps=args.steps,
+                    batch_size=args.batch_size,
+                    eval_every=max(args.steps // 4, 1),
+                ),
             )
             test = result.test
             scores.append(test["balanced_accuracy"])

@@ -6,14 +6,18 @@ Errors for bad input are :class:`~spurge.errors.SpurgeError` and print as one li
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from spurge import __version__
 from spurge.errors import SpurgeError
+
+if TYPE_CHECKING:
+    from spurge.train import TrainSettings
 
 CONFIG_HELP = "Species config: a YAML file, or the name of one in configs/ (e.g. leafy_spurge)."
 
@@ -421,8 +425,26 @@ BACKBONE_HELP = (
 )
 
 
+#: `--flag` parameter names of `_training_options` that are TrainSettings fields, by name.
+TRAINING_SETTINGS = (
+    "backbone",
+    "mode",
+    "synthetic_prob",
+    "steps",
+    "batch_size",
+    "lr",
+    "eval_every",
+    "device",
+    "num_workers",
+)
+
+
 def _training_options(func: Any) -> Any:
-    """Options shared by `train` and `evaluate` (everything about one training run)."""
+    """Options shared by `train` and `evaluate` (everything about one training run).
+
+    The command receives them as one ``settings`` (a ``TrainSettings``) instead of loose
+    keyword arguments; each option's parameter name is its settings field.
+    """
     options = [
         click.option(
             "--config", "config_path", default="leafy_spurge", show_default=True, help=CONFIG_HELP
@@ -478,15 +500,24 @@ def _training_options(func: Any) -> Any:
         ),
         click.option(
             "--workers",
+            "num_workers",
             type=click.IntRange(0),
             default=0,
             show_default=True,
             help="DataLoader worker processes.",
         ),
     ]
+
+    @functools.wraps(func)
+    def with_settings(**params: Any) -> Any:
+        from spurge.train import TrainSettings
+
+        fields = {name: params.pop(name) for name in TRAINING_SETTINGS}
+        return func(settings=TrainSettings(**fields), **params)
+
     for option in reversed(options):
-        func = option(func)
-    return func
+        with_settings = option(with_settings)
+    return with_settings
 
 
 @cli.command()
@@ -522,29 +553,36 @@ def train(
     randaugment: bool,
     out_dir: Path,
     config_path: str,
-    **options: Any,
+    settings: TrainSettings,
 ) -> None:
     """Train a few-shot tile classifier and report held-out accuracy.
 
     K tiles per class come from the train split, the val split picks the best step and the
     test split (held-out sites) is scored once at the end: metrics.json has accuracy,
-    balanced accuracy, per-class precision/recall/F1 and confusion matrices.
+    balanced accuracy, per-class precision/recall/F1 and confusion matrices. An interrupted
+    run is not resumable: re-running it trains again from step 0.
     """
+    import dataclasses
+    import warnings
+
     from spurge.config import load_config
+    from spurge.train import TrainingWarning
     from spurge.train import train as train_run
 
     config = load_config(config_path)
-    options["num_workers"] = options.pop("workers")
-    result = train_run(
-        tiles_dir,
-        config,
-        out_dir,
-        shots=shots,
-        seed=seed,
-        synthetic_dir=synthetic_dir,
-        randaugment=randaugment,
-        **options,
-    )
+    settings = dataclasses.replace(settings, shots=shots, seed=seed, randaugment=randaugment)
+    try:
+        with warnings.catch_warnings():
+            # The summary states each TrainingWarning as a sentence; no raw Python warning.
+            warnings.simplefilter("ignore", TrainingWarning)
+            result = train_run(tiles_dir, config, out_dir, settings, synthetic_dir=synthetic_dir)
+    except KeyboardInterrupt:
+        click.echo(
+            "error: interrupted; training is not resumable: re-running the same command "
+            "starts this run over from step 0",
+            err=True,
+        )
+        sys.exit(130)
     click.echo(result.summary())
 
 
@@ -584,29 +622,28 @@ def evaluate(
     seeds: str,
     out_dir: Path,
     config_path: str,
-    **options: Any,
+    settings: TrainSettings,
 ) -> None:
     """Compare augmentation methods across shots and seeds on held-out sites.
 
     Trains one classifier per method x shots x seed (finished runs are skipped, so re-running
-    resumes), then writes results.csv, accuracy_vs_shots.png (mean and 95 % CI over seeds,
-    like the DA-Fusion figures) and summary.md.
+    resumes; an interrupted run starts over), then writes results.csv, accuracy_vs_shots.png
+    (mean and 95 % CI over seeds, like the DA-Fusion figures) and summary.md.
     """
     from spurge.config import load_config
     from spurge.evaluate import evaluate as evaluate_methods
     from spurge.evaluate import parse_list
 
     config = load_config(config_path)
-    options["num_workers"] = options.pop("workers")
     result = evaluate_methods(
         tiles_dir,
         config,
         out_dir,
+        settings,
         synthetic_root=synthetic_root,
         methods=parse_list(methods, str, "methods"),
         shots=parse_list(shots, int, "shots"),
         seeds=parse_list(seeds, int, "seeds"),
-        **options,
     )
     click.echo(result.summary())
 

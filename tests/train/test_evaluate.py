@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -10,10 +13,11 @@ from click.testing import CliRunner
 from spurge.cli import cli
 from spurge.errors import ManifestError, ModelError, SpurgeError
 from spurge.evaluate import evaluate, mean_ci95, parse_list
+from spurge.train import TrainSettings
 from tests.builders import make_site_tiles as make_tiles
 from tests.builders import make_synthetic_store, tiny_config
 
-FAST = {"backbone": "random-small", "steps": 6, "batch_size": 8, "eval_every": 3}
+FAST = TrainSettings(backbone="random-small", steps=6, batch_size=8, eval_every=3, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +29,8 @@ def test_mean_ci95_and_parse_list():
     mean, half = mean_ci95([0.8, 0.9, 1.0])
     assert mean == pytest.approx(0.9)
     assert half == pytest.approx(4.302653 * 0.1 / 3**0.5, rel=1e-5)  # t(0.975, 2) * s / sqrt(n)
-    assert mean_ci95([0.7]) == (0.7, 0.0)
+    mean_one, half_one = mean_ci95([0.7])
+    assert mean_one == 0.7 and np.isnan(half_one)  # one seed: no interval
     assert parse_list("1, 2,4,2", int) == [1, 2, 4]
     with pytest.raises(SpurgeError, match="--shots"):
         parse_list("1,two", int, "shots")
@@ -43,8 +48,7 @@ def test_every_combination_then_resume(tiles_dir, tmp_path):
         methods=["none", "randaugment", "da-fusion"],
         shots=[1, 2],
         seeds=[0, 1],
-        progress=False,
-        **FAST,
+        settings=FAST,
     )
     assert result.trained == 12 and result.skipped == 0
     runs = pd.read_csv(out / "results.csv")
@@ -66,8 +70,7 @@ def test_every_combination_then_resume(tiles_dir, tmp_path):
         methods=["none", "randaugment", "da-fusion"],
         shots=[1, 2],
         seeds=[0, 1],
-        progress=False,
-        **FAST,
+        settings=FAST,
     )
     assert again.trained == 0 and again.skipped == 12
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), runs)
@@ -81,8 +84,7 @@ def test_every_combination_then_resume(tiles_dir, tmp_path):
         methods=["none"],
         shots=[1],
         seeds=[0],
-        progress=False,
-        **FAST,
+        settings=FAST,
     )
     assert third.trained == 1
     # A finished run whose model.json was damaged is reported, not silently reused.
@@ -95,11 +97,10 @@ def test_every_combination_then_resume(tiles_dir, tmp_path):
             methods=["none"],
             shots=[1],
             seeds=[1],
-            progress=False,
-            **FAST,
+            settings=FAST,
         )
     # Other settings into the same folder are refused rather than mixed.
-    with pytest.raises(SpurgeError, match="other train_options"):
+    with pytest.raises(SpurgeError, match="other train_settings"):
         evaluate(
             tiles_dir,
             tiny_config(),
@@ -107,8 +108,7 @@ def test_every_combination_then_resume(tiles_dir, tmp_path):
             methods=["none"],
             shots=[1],
             seeds=[0],
-            progress=False,
-            **{**FAST, "steps": 7},
+            settings=replace(FAST, steps=7),
         )
 
 
@@ -123,7 +123,7 @@ def test_bad_inputs_fail_before_any_run(tiles_dir, tmp_path):
             methods=["none", "da-fusion"],
             shots=[1],
             seeds=[0],
-            **FAST,
+            settings=FAST,
         )
     with pytest.raises(SpurgeError, match="needs --synthetic-root"):
         evaluate(
@@ -133,15 +133,23 @@ def test_bad_inputs_fail_before_any_run(tiles_dir, tmp_path):
             methods=["real-guidance"],
             shots=[1],
             seeds=[0],
-            **FAST,
+            settings=FAST,
         )
     with pytest.raises(ManifestError, match="--shots 64 needs 64 train tiles"):
         evaluate(
-            tiles_dir, config, tmp_path / "c", methods=["none"], shots=[1, 64], seeds=[0], **FAST
+            tiles_dir,
+            config,
+            tmp_path / "c",
+            methods=["none"],
+            shots=[1, 64],
+            seeds=[0],
+            settings=FAST,
         )
     no_test = make_tiles(tmp_path / "notest", splits=("train", "val"))
     with pytest.raises(ManifestError, match="no test tiles"):
-        evaluate(no_test, config, tmp_path / "d", methods=["none"], shots=[1], seeds=[0], **FAST)
+        evaluate(
+            no_test, config, tmp_path / "d", methods=["none"], shots=[1], seeds=[0], settings=FAST
+        )
     assert not (tmp_path / "a" / "runs").exists()
 
 
