@@ -96,7 +96,15 @@ def cli(debug: bool) -> None:
 @click.option(
     "--config", "config_path", default="leafy_spurge", show_default=True, help=CONFIG_HELP
 )
-def synth(out_dir: Path, sites: int, size_px: int, seed: int, config_path: str) -> None:
+@click.option(
+    "--partial-quarters",
+    is_flag=True,
+    help="Infested plots hold spurge in only 1-4 of their quarters, as in the field "
+    "(quarter tiles of a 'present' plot then carry label noise).",
+)
+def synth(
+    out_dir: Path, sites: int, size_px: int, seed: int, config_path: str, partial_quarters: bool
+) -> None:
     """Make a synthetic drone orthomosaic per site with field plots and ground truth.
 
     Grassland, bare soil, sagebrush with shadows, yellow lookalike forbs and leafy-spurge
@@ -108,7 +116,14 @@ def synth(out_dir: Path, sites: int, size_px: int, seed: int, config_path: str) 
     from spurge.synthetic import synthesize
 
     config = load_config(config_path)
-    result = synthesize(out_dir, config=config, sites=sites, size_px=size_px, seed=seed)
+    result = synthesize(
+        out_dir,
+        config=config,
+        sites=sites,
+        size_px=size_px,
+        seed=seed,
+        partial_quarters=partial_quarters,
+    )
     click.echo(result.summary())
 
 
