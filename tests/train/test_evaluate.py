@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
+from PIL import Image
 
 from spurge.cli import cli
 from spurge.errors import ManifestError, ModelError, SpurgeError
-from spurge.evaluate import evaluate, mean_ci95, parse_list
+from spurge.evaluate import (
+    EvaluateResult,
+    aggregate,
+    best_per_shots,
+    evaluate,
+    mean_ci95,
+    parse_list,
+    summary_markdown,
+)
 from spurge.train import TrainSettings
 from tests.builders import make_site_tiles as make_tiles
 from tests.builders import make_synthetic_store, tiny_config
+from tests.train.test_train import heldout_scores
 
 FAST = TrainSettings(backbone="random-small", steps=6, batch_size=8, eval_every=3, progress=False)
 
@@ -56,11 +67,26 @@ def test_every_combination_then_resume(tiles_dir, tmp_path):
     assert set(runs["method"]) == {"none", "randaugment", "da-fusion"}
     assert (runs.loc[runs["method"] == "da-fusion", "n_synthetic"] > 0).all()
     assert (runs.loc[runs["method"] != "da-fusion", "n_synthetic"] == 0).all()
-    assert runs["test_balanced_accuracy"].between(0, 1).all()
-    assert (out / "accuracy_vs_shots.png").read_bytes()[:4] == b"\x89PNG"
+    # Every row is what that run's saved model scores on the test tiles, recomputed here.
+    for row in runs.itertuples():
+        accuracy, balanced = heldout_scores(out / row.run_dir, tiles_dir)
+        assert row.test_accuracy == pytest.approx(accuracy, abs=5e-7)  # csv keeps 6 decimals
+        assert row.test_balanced_accuracy == pytest.approx(balanced, abs=5e-7)
+    # The table is the mean and Student-t 95 % half-width over the two seeds.
+    assert len(result.table) == 6 and (result.table["seeds"] == 2).all()
+    for row in result.table.itertuples():
+        values = runs.loc[
+            (runs["method"] == row.method) & (runs["shots"] == row.shots),
+            "test_balanced_accuracy",
+        ].to_numpy()
+        assert row.test_bacc_mean == pytest.approx(values.mean(), abs=1e-6)
+        half = 12.706205 * values.std(ddof=1) / np.sqrt(2)  # t(0.975, 1)
+        assert row.test_bacc_ci95 == pytest.approx(half, abs=1e-5)
+    with Image.open(out / "accuracy_vs_shots.png") as plot:
+        assert plot.format == "PNG" and plot.size == (600, 400)
     summary = (out / "summary.md").read_text()
     assert "| da-fusion |" in summary and "2 shots" in summary
-    assert len(result.table) == 6 and (result.table["seeds"] == 2).all()
+    assert "n/a" not in summary  # two seeds: real intervals
     # Re-running skips finished runs and gives the same table.
     again = evaluate(
         tiles_dir,
@@ -179,7 +205,39 @@ def test_cli_evaluate(tiles_dir, tmp_path):
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "= 4 runs (4 trained, 0 already finished)" in result.output
+    summary = (tmp_path / "eval" / "summary.md").read_text()
+    assert "± n/a (1 seed)" in summary and "± 0.000" not in summary
     bad = CliRunner().invoke(
         cli, [*args[:-2], "--methods", "da-fusion", "--out", str(tmp_path / "x")]
     )
     assert bad.exit_code == 1 and bad.output.startswith("error: ")
+
+
+def _table(rows: list[tuple[str, int, list[float]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs = pd.DataFrame(
+        [
+            {"method": m, "shots": k, "seed": s, "test_balanced_accuracy": v, "test_accuracy": v}
+            for m, k, values in rows
+            for s, v in enumerate(values)
+        ]
+    )
+    return runs, aggregate(runs)
+
+
+def test_one_seed_has_no_interval_and_exact_ties_are_ties():
+    runs, table = _table([("none", 2, [0.75]), ("da-fusion", 2, [0.75]), ("none", 4, [0.875])])
+    runs.loc[len(runs)] = ["da-fusion", 4, 0, 0.8125, 0.8125]
+    table = aggregate(runs)
+    summary = summary_markdown(table, runs, TrainSettings(backbone="random-small", steps=6))
+    assert "| none | 0.750 ± n/a (1 seed) | 0.875 ± n/a (1 seed) |" in summary
+    assert "± 0.000" not in summary
+    assert "Best per shot count: 2: **tie (none, da-fusion)**; 4: **none**." in summary
+    result = EvaluateResult(Path("/x"), runs, table, 4, 0)
+    assert "2 shots: tie (none, da-fusion) (0.750), 4 shots: none (0.875)" in result.summary()
+
+
+def test_a_near_tie_names_the_better_method():
+    runs, table = _table([("none", 2, [0.5, 0.75]), ("da-fusion", 2, [0.625, 0.6875])])
+    assert [name for _, name in best_per_shots(table)] == ["da-fusion"]  # 0.65625 > 0.625
+    summary = summary_markdown(table, runs, TrainSettings())
+    assert "| none | 0.625 ± 1.588 |" in summary  # t(0.975, 1) * 0.1768 / sqrt(2)

@@ -80,12 +80,32 @@ def test_metrics_by_hand():
     assert m["per_class"]["present"]["f1"] == pytest.approx(2 / 3)
 
 
+def heldout_scores(run_dir, tiles_dir) -> tuple[float, float]:
+    """(accuracy, balanced accuracy) on the test split, recomputed here from the saved model
+    through the map's entry points (load_model, predict_proba) and numpy, not train's code."""
+    import pandas as pd
+    from PIL import Image
+
+    model, card = load_model(run_dir)
+    tiles = pd.read_parquet(tiles_dir / "tiles.parquet")
+    test = tiles[tiles["split"] == "test"]
+    images = np.stack([np.array(Image.open(tiles_dir / p).convert("RGB")) for p in test["path"]])
+    predicted = predict_proba(model, card, images).argmax(1)
+    truth = np.array([card.class_names.index(label) for label in test["label"]])
+    recalls = [(predicted[truth == c] == c).mean() for c in np.unique(truth)]
+    return float((predicted == truth).mean()), float(np.mean(recalls))
+
+
 def test_learns_easy_tiles_and_writes_a_full_run(tiles_dir, config, tmp_path):
     run = tmp_path / "run"
     result = train(tiles_dir, config, run, fast(shots=8, seed=0, mode="finetune", steps=40))
     # Real learning: held-out site well above chance (0.5).
     assert result.test["n"] == 24
     assert result.test["balanced_accuracy"] >= 0.8
+    # The reported figures are exactly what the saved model scores on the test tiles.
+    accuracy, balanced = heldout_scores(run, tiles_dir)
+    assert (result.test["accuracy"], result.test["balanced_accuracy"]) == (accuracy, balanced)
+    assert sum(map(sum, result.test["confusion_matrix"])) == 24
     assert {p.name for p in run.iterdir()} >= {
         "model.safetensors",
         "model.json",
@@ -289,3 +309,49 @@ def test_device_auto_trains_on_the_machine_it_has(tiles_dir, config, tmp_path, m
     result = train(tiles_dir, config, tmp_path / "auto", fast(shots=1, device="auto"))
     assert (result.run_dir / "metrics.json").is_file()
     assert result.test is not None
+
+
+def _head_digest(model: torch.nn.Module) -> str:
+    import hashlib
+
+    state = model.state_dict()
+    return hashlib.sha256(
+        b"".join(state[k].detach().cpu().numpy().tobytes() for k in sorted(state))
+    ).hexdigest()
+
+
+def test_test_split_is_scored_once_last_with_the_weights_chosen_on_val(
+    tiles_dir, config, tmp_path, monkeypatch
+):
+    """Spy on the evaluator: val is checked during fitting and picks the step; the held-out
+    test split is predicted exactly once, after fitting, with that step's weights."""
+    from spurge.train import SplitEvaluator
+
+    calls: list[tuple[str, str]] = []
+    original = SplitEvaluator.predict
+    # Val checks at steps 10, 20, 30 score 0.5, 1.0, 0.5: step 20 must be kept, not the last.
+    scripted = iter(["chance", "perfect", "chance"])
+
+    def spy(self):
+        calls.append((self.name, _head_digest(self.model)))
+        predictions = original(self)
+        if self.name == "val":
+            kind = next(scripted, "real")
+            if kind == "chance":
+                return [0] * len(self.targets)
+            if kind == "perfect":
+                return list(self.targets)
+        return predictions
+
+    monkeypatch.setattr(SplitEvaluator, "predict", spy)
+    result = train(tiles_dir, config, tmp_path / "run", fast(shots=4, steps=30, eval_every=10))
+    names = [name for name, _ in calls]
+    assert names == ["val", "val", "val", "val", "test"]  # 3 checks, then val, test once
+    assert result.metrics["best_step"] == 20
+    assert [p["val_balanced_accuracy"] for p in result.metrics["curve"]] == [0.5, 1.0, 0.5]
+    step_20_weights = calls[1][1]
+    assert calls[2][1] != step_20_weights  # training went on after step 20
+    assert calls[-1][1] == step_20_weights  # the test split saw the step-20 weights
+    assert calls[-2][1] == step_20_weights
+    model, _ = load_model(tmp_path / "run")
+    assert _head_digest(model) == step_20_weights  # and so does the saved model
