@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from spurge.augment import TINY_RANDOM, TokenSettings, augment
 from spurge.config import load_config
@@ -40,6 +40,16 @@ class StageClock:
         return f"Stage times: {', '.join(parts)} (total {sum(self.seconds.values()):.0f} s)."
 
 
+def demo_generation(model: str) -> dict[str, Any]:
+    """augment's settings for ``model``: tiny and fast for the miniature random model,
+    DA-Fusion's real ones (4 images per tile, 25 steps, full token training) otherwise."""
+    if model == TINY_RANDOM:
+        # The miniature random Stable Diffusion keeps the demo offline and fast; its images are
+        # noise-like, so the comparison below shows the machinery, not DA-Fusion's real gain.
+        return {"per_tile": 1, "steps": 8, "token_settings": TokenSettings(steps=30, batch_size=4)}
+    return {"per_tile": 4, "steps": 25, "token_settings": TokenSettings()}
+
+
 def run_demo(
     out_dir: str | Path, seed: int = 0, model: str = TINY_RANDOM, device: str | None = None
 ) -> str:
@@ -65,16 +75,7 @@ def run_demo(
     )
     tiles_dir = out_dir / "tiles"
     tiles = clock.run("tile", tile_plots, synth.orthos, synth.plots, config, tiles_dir)
-    if model == TINY_RANDOM:
-        # The miniature random Stable Diffusion keeps the demo offline and fast; its images are
-        # noise-like, so the comparison below shows the machinery, not DA-Fusion's real gain.
-        generation = {
-            "per_tile": 1,
-            "steps": 8,
-            "token_settings": TokenSettings(steps=30, batch_size=4),
-        }
-    else:
-        generation = {"per_tile": 4, "steps": 25, "token_settings": TokenSettings()}
+    generation = demo_generation(model)
     synthetic = clock.run(
         "augment",
         augment,
@@ -114,9 +115,6 @@ def run_demo(
     held_out = [o for o in synth.orthos if o.stem in test_sites] or synth.orthos[-1:]
     maps = clock.run("map", map_orthos, held_out, out_dir / "run", out_dir / "maps")
     html = [p for m in maps.maps for k, p in m.outputs.items() if k == "html"]
-    test_metrics = run.test or {}
-    accuracy = test_metrics.get("balanced_accuracy", test_metrics.get("accuracy"))
-    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and "images" not in p.parts)
     lines = [
         "spurge demo finished.",
         synth.summary(),
@@ -126,6 +124,18 @@ def run_demo(
         comparison.summary(),
         maps.summary(),
         clock.summary(),
+        *closing_lines(out_dir, run.test or {}, test_sites, html),
+    ]
+    return "\n".join(lines)
+
+
+def closing_lines(
+    out_dir: Path, test_metrics: dict[str, Any], test_sites: list[str], html: list[Path]
+) -> list[str]:
+    """The held-out accuracy, every output file and the command that opens the map."""
+    accuracy = test_metrics.get("balanced_accuracy", test_metrics.get("accuracy"))
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and "images" not in p.parts)
+    lines = [
         f"Held-out ({', '.join(test_sites)}) balanced accuracy: "
         + (f"{accuracy:.2f}" if isinstance(accuracy, float) else "n/a"),
         f"Outputs ({len(files)} files; tile and synthetic images not listed):",
@@ -133,4 +143,4 @@ def run_demo(
     ]
     if html:
         lines.append(f"Open the map: python -m webbrowser file://{Path(html[0]).resolve()}")
-    return "\n".join(lines)
+    return lines
