@@ -94,7 +94,8 @@ def mosaic_vrt(tile: Path, repeat: int, out: Path) -> Path:
 
 def peak_rss_kib() -> int:
     """This process's peak resident set (VmHWM). Not ``ru_maxrss``: Linux carries that over
-    ``execve`` from the parent, so a child would report the benchmark driver's peak."""
+    ``execve`` from the parent, so a child would report the benchmark driver's peak.
+    """
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
@@ -136,7 +137,8 @@ def run_child(ortho: Path, run_dir: Path, out_dir: Path, method: str, threads: i
 
 def train_model(work: Path) -> tuple[Path, Path, Path]:
     """A 16-shot EfficientNet-Lite0 on three synthetic sites; returns run, held-out ortho
-    and its truth raster."""
+    and its truth raster.
+    """
     config = load_config("leafy_spurge")
     synth = synthesize(work / "synth", config, sites=3, size_px=SITE_PX, seed=0)
     tiles = work / "tiles"
@@ -151,7 +153,8 @@ def train_model(work: Path) -> tuple[Path, Path, Path]:
 
 def cell_cover(truth: Path, cell: int) -> np.ndarray:
     """Share of each ``cell`` px cell covered by spurge in the truth raster (edge cells
-    clipped to the raster)."""
+    clipped to the raster).
+    """
     with rasterio.open(truth) as src:
         t = src.read(1).astype(np.float64)
     rows, cols = -(-t.shape[0] // cell), -(-t.shape[1] // cell)
@@ -193,7 +196,8 @@ def agreement(
 
 def pure_forward(ortho: Path, run: Path) -> float:
     """Seconds of the backbone alone over the ortho's dense blocks, already in memory as the
-    normalised window batches the dense pass feeds it (same pixels, same batch size)."""
+    normalised window batches the dense pass feeds it (same pixels, same batch size).
+    """
     _, card = load_model(run)
     config = card.species_config()
     with rasterio.open(ortho) as src:

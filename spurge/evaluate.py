@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from spurge.errors import ManifestError, SpurgeError
 from spurge.io.atomic import atomic_path, ensure_writable_dir, write_text_atomic
 from spurge.io.synthetic import SYNTHETIC_MANIFEST
 from spurge.io.tiles import manifest_path
-from spurge.train import METRICS, load_labelled_tiles, train
+from spurge.train import METRICS, TrainSettings, load_labelled_tiles, train
 
 #: Methods that need no synthetic store.
 BASELINES = {"none": {}, "randaugment": {"randaugment": True}}
@@ -35,6 +35,8 @@ RESULTS = "results.csv"
 PLOT = "accuracy_vs_shots.png"
 SUMMARY = "summary.md"
 PLAN = "plan.json"
+#: Settings each run of an evaluation sets for itself (left out of the folder's plan).
+PER_RUN_FIELDS = ("shots", "seed", "randaugment")
 
 
 @dataclass
@@ -48,9 +50,8 @@ class EvaluateResult:
     skipped: int
 
     def summary(self) -> str:
-        best = self.table.loc[self.table.groupby("shots")["test_bacc_mean"].idxmax()]
         wins = ", ".join(
-            f"{int(r.shots)} shots: {r.method} ({r.test_bacc_mean:.3f})" for r in best.itertuples()
+            f"{k} shots: {winner}" for k, winner in best_per_shots(self.table, digits=3)
         )
         return (
             f"Evaluated {self.runs['method'].nunique()} method(s) x "
@@ -60,6 +61,27 @@ class EvaluateResult:
             f"Results in {self.out_dir / RESULTS}, plot {self.out_dir / PLOT}, "
             f"summary {self.out_dir / SUMMARY}."
         )
+
+
+def best_per_shots(table: pd.DataFrame, digits: int | None = None) -> list[tuple[int, str]]:
+    """(shots, "method (0.912)") per shot count, or "tie (a, b) (0.912)" on an exact tie.
+
+    ``digits`` adds the mean; a tie is exact equality of the means, never a rounding.
+    """
+    out = []
+    for k, group in table.groupby("shots", sort=True):
+        top = group["test_bacc_mean"].max()
+        leaders = group.loc[group["test_bacc_mean"] == top, "method"].tolist()
+        name = leaders[0] if len(leaders) == 1 else f"tie ({', '.join(leaders)})"
+        out.append((int(k), f"{name} ({top:.{digits}f})" if digits is not None else name))
+    return out
+
+
+def format_mean_ci(mean: float, ci: float, seeds: int) -> str:
+    """Mean ± CI as text: ``0.912 ± 0.034``, or ``0.912 ± n/a (1 seed)`` for one seed."""
+    if seeds < 2:
+        return f"{mean:.3f} ± n/a (1 seed)"
+    return f"{mean:.3f} ± {ci:.3f}"
 
 
 def parse_list(text: str | Sequence[Any], cast: type = str, name: str = "list") -> list[Any]:
@@ -75,12 +97,14 @@ def parse_list(text: str | Sequence[Any], cast: type = str, name: str = "list") 
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and half-width of the Student-t 95 % confidence interval (0 for one value)."""
+    """Mean and half-width of the Student-t 95 % confidence interval (NaN for one value:
+    one seed says nothing about the spread).
+    """
     data = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
     if len(data) == 0:
         return float("nan"), float("nan")
     if len(data) == 1:
-        return float(data[0]), 0.0
+        return float(data[0]), float("nan")
     half = stats.t.ppf(0.975, len(data) - 1) * data.std(ddof=1) / np.sqrt(len(data))
     return float(data.mean()), float(half)
 
@@ -89,22 +113,60 @@ def evaluate(
     tiles_dir: str | Path,
     config: SpeciesConfig,
     out_dir: str | Path,
+    settings: TrainSettings | None = None,
     synthetic_root: str | Path | None = None,
     methods: Sequence[str] = ("none", "randaugment", "real-guidance", "da-fusion"),
     shots: Sequence[int] = (1, 2, 4, 8, 16),
     seeds: Sequence[int] = (0, 1, 2),
-    progress: bool = True,
-    **train_options: Any,
 ) -> EvaluateResult:
     """Train and score every (method, shots, seed); write results.csv, the plot and summary.md.
 
     ``methods`` other than ``none`` and ``randaugment`` read ``synthetic_root/<method>/
-    synthetic.parquet``. ``train_options`` go to :func:`spurge.train.train` unchanged
-    (backbone, mode, steps, ...). All inputs are checked before the first run starts.
+    synthetic.parquet``. Every run trains with ``settings`` (its ``shots``, ``seed`` and
+    ``randaugment`` replaced by the run's own; ``progress`` shows the bar over runs). All
+    inputs are checked before the first run starts.
     """
+    settings = settings or TrainSettings()
     tiles_dir = Path(tiles_dir)
     out_dir = ensure_writable_dir(out_dir)
     methods, shots, seeds = list(methods), sorted(shots), list(seeds)
+    stores = _check_inputs(tiles_dir, config, synthetic_root, methods, shots)
+    _check_plan(out_dir, tiles_dir, config, settings)
+    rows = []
+    trained = skipped = 0
+    combos = [(m, k, s) for m in methods for k in shots for s in seeds]
+    bar = tqdm(combos, desc="evaluate", unit="run", disable=None if settings.progress else True)
+    for method, k, seed in bar:
+        run_dir = out_dir / "runs" / method / f"shots_{k}" / f"seed_{seed}"
+        if (run_dir / METRICS).is_file():
+            load_card(run_dir)  # a finished run must still hold a valid model.json
+            skipped += 1
+        else:
+            run_settings = replace(
+                settings, shots=k, seed=seed, progress=False, **BASELINES.get(method, {})
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # per-run warnings land in metrics.json
+                train(tiles_dir, config, run_dir, run_settings, synthetic_dir=stores[method])
+            trained += 1
+        rows.append(_result_row(method, k, seed, run_dir, out_dir))
+    runs = pd.DataFrame(rows)
+    table = aggregate(runs)
+    with atomic_path(out_dir / RESULTS) as tmp:
+        runs.to_csv(tmp, index=False, float_format="%.6f")
+    plot_accuracy_vs_shots(table, out_dir / PLOT)
+    write_text_atomic(out_dir / SUMMARY, summary_markdown(table, runs, settings))
+    return EvaluateResult(out_dir, runs, table, trained, skipped)
+
+
+def _check_inputs(
+    tiles_dir: Path,
+    config: SpeciesConfig,
+    synthetic_root: str | Path | None,
+    methods: list[str],
+    shots: list[int],
+) -> dict[str, Path | None]:
+    """Refuse missing test tiles, too many shots or a missing store; each method's store."""
     tiles = load_labelled_tiles(tiles_dir, config)
     if (tiles["split"] == "test").sum() == 0:
         raise ManifestError(
@@ -136,72 +198,47 @@ def evaluate(
                 store,
             )
         stores[method] = store
+    return stores
 
-    _check_plan(out_dir, tiles_dir, config, train_options)
-    rows = []
-    trained = skipped = 0
-    combos = [(m, k, s) for m in methods for k in shots for s in seeds]
-    for method, k, seed in tqdm(
-        combos, desc="evaluate", unit="run", disable=None if progress else True
-    ):
-        run_dir = out_dir / "runs" / method / f"shots_{k}" / f"seed_{seed}"
-        if (run_dir / METRICS).is_file():
-            load_card(run_dir)  # a finished run must still hold a valid model.json
-            skipped += 1
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # per-run warnings land in metrics.json
-                train(
-                    tiles_dir,
-                    config,
-                    run_dir,
-                    shots=k,
-                    seed=seed,
-                    synthetic_dir=stores[method],
-                    progress=False,
-                    **{**train_options, **BASELINES.get(method, {})},
-                )
-            trained += 1
-        metrics = json.loads((run_dir / METRICS).read_text(encoding="utf-8"))
-        rows.append(
-            {
-                "method": method,
-                "shots": k,
-                "seed": seed,
-                "n_train": metrics["n_train"],
-                "n_synthetic": metrics["n_synthetic"],
-                "best_step": metrics["best_step"],
-                "val_balanced_accuracy": (metrics["val"] or {}).get("balanced_accuracy"),
-                "test_accuracy": metrics["test"]["accuracy"],
-                "test_balanced_accuracy": metrics["test"]["balanced_accuracy"],
-                "run_dir": str(run_dir.relative_to(out_dir)),
-            }
-        )
-    runs = pd.DataFrame(rows)
-    table = aggregate(runs)
-    with atomic_path(out_dir / RESULTS) as tmp:
-        runs.to_csv(tmp, index=False, float_format="%.6f")
-    plot_accuracy_vs_shots(table, out_dir / PLOT)
-    write_text_atomic(out_dir / SUMMARY, summary_markdown(table, runs, train_options))
-    return EvaluateResult(out_dir, runs, table, trained, skipped)
+
+def _result_row(method: str, k: int, seed: int, run_dir: Path, out_dir: Path) -> dict[str, Any]:
+    metrics = json.loads((run_dir / METRICS).read_text(encoding="utf-8"))
+    return {
+        "method": method,
+        "shots": k,
+        "seed": seed,
+        "n_train": metrics["n_train"],
+        "n_synthetic": metrics["n_synthetic"],
+        "best_step": metrics["best_step"],
+        "val_balanced_accuracy": (metrics["val"] or {}).get("balanced_accuracy"),
+        "test_accuracy": metrics["test"]["accuracy"],
+        "test_balanced_accuracy": metrics["test"]["balanced_accuracy"],
+        "run_dir": str(run_dir.relative_to(out_dir)),
+    }
+
+
+def plan_settings(settings: TrainSettings) -> dict[str, Any]:
+    """The settings shared by every run of an evaluation (per-run ones left out)."""
+    shared = replace(settings, shots=1, seed=0, randaugment=False)
+    recorded = {k: v for k, v in shared.recorded().items() if k not in PER_RUN_FIELDS}
+    return {**recorded, "fingerprint": shared.fingerprint()}
 
 
 def _check_plan(
-    out_dir: Path, tiles_dir: Path, config: SpeciesConfig, options: dict[str, Any]
+    out_dir: Path, tiles_dir: Path, config: SpeciesConfig, settings: TrainSettings
 ) -> None:
     """Refuse to resume into a folder whose finished runs used other data or settings."""
     plan = {
         "tiles_manifest": str(manifest_path(tiles_dir).resolve()),
         "config_fingerprint": config.fingerprint(),
-        "train_options": {
-            k: v for k, v in sorted(options.items()) if k not in ("device", "num_workers")
-        },
+        "train_settings": plan_settings(settings),
     }
+    plan = json.loads(json.dumps(plan))
     path = out_dir / PLAN
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
-        if previous != json.loads(json.dumps(plan)):
-            changed = sorted(k for k in plan if previous.get(k) != json.loads(json.dumps(plan))[k])
+        if previous != plan:
+            changed = sorted(k for k in plan if previous.get(k) != plan[k])
             raise SpurgeError(
                 f"this evaluation folder holds runs made with other {', '.join(changed)}; "
                 "use a new --out folder (or delete it) to start over",
@@ -259,34 +296,33 @@ def plot_accuracy_vs_shots(table: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def summary_markdown(table: pd.DataFrame, runs: pd.DataFrame, options: dict[str, Any]) -> str:
+def summary_markdown(table: pd.DataFrame, runs: pd.DataFrame, settings: TrainSettings) -> str:
     """A short markdown report: settings, a methods x shots table, the best method per shot."""
     pivot = table.assign(
         cell=[
-            f"{m:.3f} ± {c:.3f}"
-            for m, c in zip(table["test_bacc_mean"], table["test_bacc_ci95"], strict=True)
+            format_mean_ci(m, c, n)
+            for m, c, n in zip(
+                table["test_bacc_mean"], table["test_bacc_ci95"], table["seeds"], strict=True
+            )
         ]
     ).pivot(index="method", columns="shots", values="cell")
-    backbone = options.get("backbone", "efficientnet-lite0")
     header = "| method | " + " | ".join(f"{k} shots" for k in pivot.columns) + " |"
     lines = [
         "# spurge evaluate",
         "",
         f"Held-out (test split) balanced accuracy, mean ± 95 % CI over "
-        f"{runs['seed'].nunique()} seed(s); backbone {backbone}, mode "
-        f"{options.get('mode', 'linear')}, {options.get('steps', 200)} steps per run.",
+        f"{runs['seed'].nunique()} seed(s); backbone {settings.backbone}, mode "
+        f"{settings.mode}, {settings.steps} steps per run.",
         "",
         header,
         "|" + "---|" * (len(pivot.columns) + 1),
     ]
     for method, row in pivot.iterrows():
         lines.append(f"| {method} | " + " | ".join(str(v) for v in row.tolist()) + " |")
-    best = table.loc[table.groupby("shots")["test_bacc_mean"].idxmax()]
+    best = best_per_shots(table)
     lines += [
         "",
-        "Best per shot count: "
-        + "; ".join(f"{int(r.shots)}: **{r.method}**" for r in best.itertuples())
-        + ".",
+        "Best per shot count: " + "; ".join(f"{k}: **{name}**" for k, name in best) + ".",
         "",
     ]
     return "\n".join(lines)

@@ -84,11 +84,25 @@ class SynthResult:
         )
 
 
+def stable(values: np.ndarray) -> np.ndarray:
+    """``values`` rounded to a 2**-24 grid, as float32: the same bits on every CPU.
+
+    Transcendental functions (exp, sin, arctan2, power; numpy, scipy and libm) differ in the
+    last bit between CPUs, depending on the SIMD instructions (AVX2, AVX-512) they dispatch
+    to. Computed in float64, their results are far closer than the grid step, so rounding
+    to the grid gives identical values everywhere, and the float32 arithmetic after it
+    (+, -, *, /, each exactly rounded) stays identical too.
+    """
+    grid = np.float64(2.0**24)
+    return (np.rint(np.asarray(values, dtype=np.float64) * grid) / grid).astype(np.float32)
+
+
 def smooth_noise(shape: tuple[int, int], scale_px: float, rng: np.random.Generator) -> np.ndarray:
     """Zero-mean, unit-variance noise with features about ``scale_px`` across.
 
     Coarse noise is a random grid spread by separable Gaussian interpolation matrices (two
-    matrix products, fast for any image size); fine noise is blurred white noise.
+    matrix products in a fixed order of operations, not BLAS, whose kernels round
+    differently on different CPUs); fine noise is blurred white noise.
     """
     height, width = shape
     if scale_px < 8:
@@ -99,17 +113,27 @@ def smooth_noise(shape: tuple[int, int], scale_px: float, rng: np.random.Generat
         rows = _interpolation_matrix(height, scale_px)
         cols = _interpolation_matrix(width, scale_px)
         grid = rng.standard_normal((rows.shape[1], cols.shape[1]), dtype=np.float32)
-        field_ = rows @ grid @ cols.T
-    field_ -= field_.mean()
-    field_ /= field_.std() + np.float32(1e-6)
-    return field_
+        field_ = _matmul_in_order(_matmul_in_order(rows, grid), cols.T)
+    field_ -= field_.mean(dtype=np.float64).astype(np.float32)
+    field_ /= field_.std(dtype=np.float64).astype(np.float32) + np.float32(1e-6)
+    return stable(field_)
+
+
+def _matmul_in_order(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float32 ``a @ b`` summed over the inner index in order: bit-identical on any CPU."""
+    out = np.zeros((a.shape[0], b.shape[1]), dtype=np.float32)
+    term = np.empty_like(out)
+    for k in range(a.shape[1]):
+        np.multiply(a[:, k : k + 1], b[k : k + 1, :], out=term)
+        out += term
+    return out
 
 
 def _interpolation_matrix(size: int, scale_px: float) -> np.ndarray:
-    knots = np.arange(-2, size / scale_px + 3, dtype=np.float32) * np.float32(scale_px)
-    pixels = np.arange(size, dtype=np.float32)[:, None] + np.float32(0.5)
-    weights = np.exp(-0.5 * ((pixels - knots[None, :]) / np.float32(scale_px * 0.6)) ** 2)
-    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+    knots = np.arange(-2, size / scale_px + 3, dtype=np.float64) * scale_px
+    pixels = np.arange(size, dtype=np.float64)[:, None] + 0.5
+    weights = stable(np.exp(-0.5 * ((pixels - knots[None, :]) / (scale_px * 0.6)) ** 2))
+    return weights / weights.sum(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
 
 
 def _blend(image: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> None:
@@ -134,15 +158,15 @@ def _disc(
     with that exponent (patches thinning towards their edges).
     """
     r = int(np.ceil(radius * (1 + roughness))) + 1
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float32)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float64)
     angle = np.arctan2(yy, xx)
     wobble = 1 + roughness * sum(
         rng.uniform(-1, 1) * np.sin(k * angle + rng.uniform(0, 2 * np.pi)) / k for k in (2, 3, 5)
     )
-    dist = np.hypot(yy, xx) / (radius * wobble)
+    dist = stable(np.hypot(yy, xx) / (radius * wobble))
     if falloff is not None:
-        return (np.clip(1.0 - dist, 0, 1) ** falloff).astype(np.float32)
-    return np.clip((1.0 - dist) * radius / 2.0, 0, 1).astype(np.float32)
+        return stable(np.clip(1.0 - dist.astype(np.float64), 0, 1) ** falloff)
+    return np.clip((1.0 - dist) * np.float32(radius / 2.0), 0, 1).astype(np.float32)
 
 
 def _paste(canvas: np.ndarray, patch: np.ndarray, row: int, col: int, op: str = "max") -> None:
@@ -201,39 +225,92 @@ def plot_centres(size_px: int, plot_px: int, rng: np.random.Generator) -> list[t
 
 
 def render_site(
-    size_px: int, plot_px: int, gsd_m: float, rng: np.random.Generator
+    size_px: int,
+    plot_px: int,
+    gsd_m: float,
+    rng: np.random.Generator,
+    partial_quarters: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, SiteTruth]:
-    """Render one site: RGB uint8 (3, H, W), spurge truth uint8 (H, W), plot truth."""
+    """Render one site: RGB uint8 (3, H, W), spurge truth uint8 (H, W), plot truth.
+
+    ``partial_quarters``: an infested plot holds spurge in only some of its 2 x 2 quarters
+    (see :func:`_spurge`); the default spreads it over all four.
+    """
     shape = (size_px, size_px)
     px_per_m = 1.0 / gsd_m
     centres = plot_centres(size_px, plot_px, rng)
+    image, fine, luma = _ground(shape, px_per_m, rng)
+    spurge, plot_has_patch = _spurge(image, fine, centres, plot_px, px_per_m, rng, partial_quarters)
+    _forbs(image, centres, plot_has_patch, plot_px, px_per_m, rng)
+    crowns = _sagebrush_and_light(image, fine, luma, gsd_m, rng)
+    spurge &= crowns < 0.5
+    rgb = np.clip(image, 0, 255, out=image).astype(np.uint8).transpose(2, 0, 1)
+    half = plot_px // 2
+    cover = [
+        float(spurge[r - half : r - half + plot_px, c - half : c - half + plot_px].mean())
+        for r, c in centres
+    ]
+    truth = SiteTruth(centres_px=centres, cover=cover)
+    return np.ascontiguousarray(rgb), spurge.astype(np.uint8), truth
 
+
+def _ground(
+    shape: tuple[int, int], px_per_m: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grass and bare soil as float RGB in [0, 1]; the fine texture and brightness fields."""
     # Grass: dryness varies over metres, tufts over centimetres.
-    dryness = special.expit(1.5 * smooth_noise(shape, 4 * px_per_m, rng))
+    noise = smooth_noise(shape, 4 * px_per_m, rng).astype(np.float64)
+    dryness = stable(special.expit(1.5 * noise))
     image = GRASS_GREEN + dryness[..., None] * (GRASS_DRY - GRASS_GREEN)
-    del dryness
+    del dryness, noise
     # One fine-grained field serves grass tufts, bract shading and sage texture: at 2 px the
     # reuse is invisible and it saves a full-image blur per use.
     fine = smooth_noise(shape, 2.0, rng)
     luma = smooth_noise(shape, 0.4 * px_per_m, rng) * 0.035 + fine * 0.05
-
     # Bare soil in irregular openings.
     soil = np.clip((smooth_noise(shape, 2.5 * px_per_m, rng) - 1.0) * 2.0, 0, 1)
     _blend(image, soil * 0.85, SOIL)
-    del soil
+    return image, fine, luma
 
-    # Leafy spurge: patch intensity = envelope x density; clumps where fine noise falls below it.
-    # A surveyed infestation spreads over its plot, so every 2 x 2 quarter that `spurge tile`
-    # cuts from a "present" plot shows spurge and quarters can inherit the plot label; patches
-    # between plots stay clear of the plots, so "absent" plots hold none.
+
+def _quarter_mask(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """1 over 1 to 4 randomly chosen quarters of a patch centred on its plot, 0 elsewhere."""
+    keep = np.zeros(4, dtype=bool)
+    keep[rng.permutation(4)[: int(rng.integers(1, 5))]] = True
+    half = patch.shape[0] // 2
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    quarter = (yy >= 0).astype(int) * 2 + (xx >= 0).astype(int)
+    return keep[quarter].astype(np.float32)
+
+
+def _spurge(
+    image: np.ndarray,
+    fine: np.ndarray,
+    centres: list[tuple[int, int]],
+    plot_px: int,
+    px_per_m: float,
+    rng: np.random.Generator,
+    partial_quarters: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint leafy spurge; its presence mask and which plots were given a patch.
+
+    Patch intensity = envelope x density; clumps where fine noise falls below it. By
+    default a surveyed infestation spreads over its plot, so every 2 x 2 quarter that
+    `spurge tile` cuts from a "present" plot shows spurge and quarters can inherit the plot
+    label. With ``partial_quarters`` it covers only 1 to 4 of them, as the seed survey's
+    "four-crop and verify" step found in the field: quarters of a "present" plot then carry
+    label noise. Patches between plots stay clear of the plots, so "absent" plots hold none.
+    """
+    shape = image.shape[:2]
+    size_px = shape[0]
     intensity = np.zeros(shape, dtype=np.float32)
     plot_has_patch = rng.random(len(centres)) < 0.5
     for (row, col), has in zip(centres, plot_has_patch, strict=True):
         if has:
-            reach = plot_px / 2 + min(
-                0.15 * plot_px, _gap_to_nearest_plot(row, col, centres, plot_px) / 2
-            )
-            patch = _plot_patch(plot_px, reach, rng)
+            gap = _gap_to_nearest_plot(row, col, centres, plot_px)
+            patch = _plot_patch(plot_px, plot_px / 2 + min(0.15 * plot_px, gap / 2), rng)
+            if partial_quarters:
+                patch *= _quarter_mask(patch, rng)
             _paste(intensity, patch, row, col)
     n_extra = rng.poisson(size_px * size_px / (6 * plot_px) ** 2 * 1.5)
     for _ in range(n_extra):
@@ -243,18 +320,30 @@ def render_site(
         if all(np.hypot(row - r, col - c) > clearance for r, c in centres):
             envelope = _disc(radius, rng, roughness=PATCH_ROUGHNESS, falloff=0.6)
             _paste(intensity, envelope * np.float32(rng.uniform(0.12, 0.55)), row, col)
-    clump_noise = special.ndtr(smooth_noise(shape, 0.09 * px_per_m, rng))
+    noise = smooth_noise(shape, 0.09 * px_per_m, rng).astype(np.float64)
+    clump_noise = stable(special.ndtr(noise))
     spurge = clump_noise < intensity
     leaves = np.clip((intensity - clump_noise + 0.08) * 6, 0, 1) * (intensity > 0)
     _blend(image, leaves.astype(np.float32) * 0.6, SPURGE_LEAF)
     del leaves, clump_noise, intensity
     bract_colour = SPURGE_BRACT * (1.0 + fine[..., None] * 0.08)
     _blend(image, spurge.astype(np.float32) * 0.8, bract_colour)
-    del bract_colour
+    return spurge, plot_has_patch
 
-    # Yellow lookalike forbs (balsamroot, sweetclover): clusters of small bright flowers,
-    # some beside plots without spurge so colour alone does not decide the class.
-    forbs = np.zeros(shape, dtype=np.float32)
+
+def _forbs(
+    image: np.ndarray,
+    centres: list[tuple[int, int]],
+    plot_has_patch: np.ndarray,
+    plot_px: int,
+    px_per_m: float,
+    rng: np.random.Generator,
+) -> None:
+    """Yellow lookalike forbs (balsamroot, sweetclover): clusters of small bright flowers,
+    some beside plots without spurge so colour alone does not decide the class.
+    """
+    size_px = image.shape[0]
+    forbs = np.zeros(image.shape[:2], dtype=np.float32)
     cluster_sites = [c for c, has in zip(centres, plot_has_patch, strict=True) if not has]
     cluster_sites = [c for c in cluster_sites if rng.random() < 0.6]
     for _ in range(3):
@@ -267,42 +356,36 @@ def render_site(
             flower = _disc(rng.uniform(0.04, 0.10) * px_per_m, rng, roughness=0.1)
             _paste(forbs, flower, row + int(fr), col + int(fc))
     _blend(image, forbs * 0.95, FORB_YELLOW)
-    del forbs
 
+
+def _sagebrush_and_light(
+    image: np.ndarray, fine: np.ndarray, luma: np.ndarray, gsd_m: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Sagebrush, shadows, cloud shading, tufts and sensor noise; scales ``image`` to 0..255
+    in place and returns the crowns (spurge under a crown is hidden).
+    """
+    shape = image.shape[:2]
+    px_per_m = 1.0 / gsd_m
     # Sagebrush with shadows cast to the north-west (morning sun from the south-east).
-    n_shrubs = rng.poisson(size_px * size_px * gsd_m**2 * 0.06)
+    n_shrubs = rng.poisson(shape[0] * shape[1] * gsd_m**2 * 0.06)
     shade = np.ones(shape, dtype=np.float32)
     crowns = np.zeros(shape, dtype=np.float32)
     for _ in range(n_shrubs):
-        row, col = (int(v) for v in rng.integers(0, size_px, 2))
+        row, col = (int(v) for v in rng.integers(0, shape[0], 2))
         crown = _disc(rng.uniform(0.25, 0.7) * px_per_m, rng)
         offset = crown.shape[0] // 6
         _paste(shade, 1.0 - 0.45 * crown, row - offset, col - offset, op="mul")
         _paste(crowns, crown, row, col)
-    sage_colour = SAGE * (1.0 + fine[..., None] * 0.12)
-    _blend(image, crowns, sage_colour)
-    spurge &= crowns < 0.5
-    crowns_lit = crowns
-    del crowns, sage_colour, fine
-
+    _blend(image, crowns, SAGE * (1.0 + fine[..., None] * 0.12))
     # Shadows, cloud shading, tufts and sensor noise in one pass over the image; a crown is
     # lit from above, so its own shadow falls beside it, not on it.
-    np.maximum(shade, crowns_lit, out=shade)
+    np.maximum(shade, crowns, out=shade)
     shade *= 1.0 + 0.08 * smooth_noise(shape, 15 * px_per_m, rng)
     shade *= np.float32(255.0)
     luma += rng.standard_normal(shape, dtype=np.float32) * np.float32(0.012)
     image += luma[..., None]
     image *= shade[..., None]
-    del shade, luma, crowns_lit
-    rgb = np.clip(image, 0, 255, out=image).astype(np.uint8).transpose(2, 0, 1)
-
-    half = plot_px // 2
-    cover = [
-        float(spurge[r - half : r - half + plot_px, c - half : c - half + plot_px].mean())
-        for r, c in centres
-    ]
-    truth = SiteTruth(centres_px=centres, cover=cover)
-    return np.ascontiguousarray(rgb), spurge.astype(np.uint8), truth
+    return crowns
 
 
 def _write_tiff(path: Path, data: np.ndarray, transform: rasterio.Affine, rgb: bool) -> None:
@@ -336,8 +419,13 @@ def synthesize(
     sites: int = 3,
     size_px: int = 4000,
     seed: int = 0,
+    partial_quarters: bool = False,
 ) -> SynthResult:
-    """Write ``sites`` synthetic orthomosaics with plots and ground truth into ``out_dir``."""
+    """Write ``sites`` synthetic orthomosaics with plots and ground truth into ``out_dir``.
+
+    ``partial_quarters``: infested plots hold spurge in only some of their quarters (a
+    realistic, label-noisy set for `spurge tile`'s quarter tiles); see :func:`render_site`.
+    """
     out_dir = ensure_writable_dir(out_dir)
     plot_px = config.plot_size_px
     if size_px < 4 * plot_px:
@@ -352,7 +440,7 @@ def synthesize(
     site_seeds = np.random.SeedSequence(seed).spawn(sites)
     for site in tqdm(range(sites), desc="synth sites", unit="site", leave=False):
         rng = np.random.default_rng(site_seeds[site])
-        rgb, spurge, truth = render_site(size_px, plot_px, config.gsd_m, rng)
+        rgb, spurge, truth = render_site(size_px, plot_px, config.gsd_m, rng, partial_quarters)
         transform = site_transform(site, config.gsd_m)
         name = f"site_{site:03d}"
         ortho, truth_path = out_dir / f"{name}.tif", out_dir / f"{name}_truth.tif"
@@ -387,7 +475,8 @@ def synthesize(
         name="spurge-synthetic",
         description=(
             f"Procedural orthomosaics from `spurge synth --sites {sites} --size-px {size_px} "
-            f"--seed {seed}` for {config.species}"
+            f"--seed {seed}{' --partial-quarters' if partial_quarters else ''}` for "
+            f"{config.species}"
         ),
         classes=config.class_names,
         source="generated by spurge.synthetic",

@@ -35,7 +35,8 @@ SIDE = 32
 
 def tiny_config(**overrides: object) -> SpeciesConfig:
     """A leafy-spurge-like config with 32 px tiles at 5 cm: plots of 2 x 2 quarters (64 px),
-    fast to test. ``overrides`` replace any key, e.g. ``tiny_config(bands=[1, 2, 4])``."""
+    fast to test. ``overrides`` replace any key, e.g. ``tiny_config(bands=[1, 2, 4])``.
+    """
     values: dict[str, object] = {
         "species": "leafy spurge",
         "classes": [
@@ -237,7 +238,8 @@ def make_colour_model(
     tiles_dir: Path | None = None,
 ) -> Path:
     """Save the colour-rule model; ``strength=0`` makes one that always says 50/50;
-    ``tiles_dir`` is recorded in the card as the tiles it was trained on."""
+    ``tiles_dir`` is recorded in the card as the tiles it was trained on.
+    """
     config = config or TINY_CONFIG
     model, spec = build_classifier("test-colour", 2)
     with torch.no_grad():

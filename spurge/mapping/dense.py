@@ -69,7 +69,8 @@ class _ForwardFeatures(nn.Module):
 
 def feature_extractor(name: str, backbone: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x (N, 3, H, W) -> features (N, F, h, w)`` for a backbone whose output is the global
-    average of such a map; :class:`DenseUnsupportedError` for any other."""
+    average of such a map; :class:`DenseUnsupportedError` for any other.
+    """
     if name in NOT_DENSE:
         raise DenseUnsupportedError(f"backbone {name!r} cannot map densely: {NOT_DENSE[name]}")
     if hasattr(backbone, "forward_features") and getattr(backbone, "global_pool", None):
@@ -152,7 +153,8 @@ def region_bounds(lo: int, hi: int, window: int, margin: int, size: int) -> tupl
     """Half-open ortho range read for cells spanning ``[lo, hi)``: ``margin`` windows of
     context, snapped outwards to the window lattice and clamped to the lattice cells that hold
     the ortho (``size`` px): no block reads context beyond the ortho's edge, so a cell on the
-    edge sees the same input (and the same zero padding there) whatever block maps it."""
+    edge sees the same input (and the same zero padding there) whatever block maps it.
+    """
     start = max(0, (lo // window - margin) * window)
     stop = min(-(-size // window) * window, (-(-hi // window) + margin) * window)
     return start, stop
@@ -270,7 +272,8 @@ class DenseModel:
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """Windows ``first .. first+count`` (row-major; all by default) of a lattice-aligned
         region as a batch (n, 3, S, S), each resized and normalised exactly as the window
-        classifier's input, channels-last; and the region's windows (nh, nw)."""
+        classifier's input, channels-last; and the region's windows (nh, nw).
+        """
         g = self.geometry
         nh, nw = rgb.shape[0] // g.window_y, rgb.shape[1] // g.window_x
         stop = nh * nw if count < 0 else min(nh * nw, first + count)
@@ -303,7 +306,8 @@ class DenseModel:
         a batch of separate windows, exactly like the training tiles and the window path
         (zero padding at each window's edge), so the features the head sees are the ones it
         was trained on. Otherwise the region goes through as one image (features with real
-        context across window edges; needs margins)."""
+        context across window edges; needs margins).
+        """
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext()
         if not self.tiled:
             with autocast:
@@ -327,7 +331,8 @@ class DenseModel:
 
 def _keep(n: int, window: int, size: int, lo: int, hi: int, device: torch.device) -> torch.Tensor:
     """(n, size) bools: which input px of each of ``n`` windows along one axis lie in the
-    ortho px range ``[lo, hi)`` of the region."""
+    ortho px range ``[lo, hi)`` of the region.
+    """
     px = torch.arange(n * size, device=device).reshape(n, size)
     centre = (px + 0.5) * window / size  # region px under each input px
     return (centre >= lo) & (centre < hi)
@@ -337,7 +342,8 @@ def footprint_weights(
     starts: np.ndarray, stops: np.ndarray, origin: int, step: float, n: int
 ) -> np.ndarray:
     """(len(starts), n) weights: the share of each footprint ``[start, stop)`` (ortho px)
-    that feature ``j`` (covering ``[origin + j*step, origin + (j+1)*step)``) covers."""
+    that feature ``j`` (covering ``[origin + j*step, origin + (j+1)*step)``) covers.
+    """
     edges = origin + np.arange(n + 1) * step
     lo = np.maximum(starts[:, None], edges[None, :-1])
     hi = np.minimum(stops[:, None], edges[None, 1:])
@@ -379,7 +385,8 @@ def cell_valid_share(valid: np.ndarray, row_edges: np.ndarray, col_edges: np.nda
 
 def cell_edges(first: int, stop: int, cell: int, size: int, origin: int) -> np.ndarray:
     """Edges, in region px, of cells ``first..stop`` (``cell`` ortho px each, the last one
-    clipped to the ortho's ``size``) for a region starting at ortho px ``origin``."""
+    clipped to the ortho's ``size``) for a region starting at ortho px ``origin``.
+    """
     return np.minimum(np.arange(first, stop + 1) * cell, size) - origin
 
 
@@ -396,7 +403,8 @@ def cell_probabilities(
 
     ``gate`` = (window row starts, window col starts, positive class index), in region px:
     each cell's positive probability is then capped by the highest window probability among
-    the windows covering the cell's centre (see :func:`gate_by_windows`)."""
+    the windows covering the cell's centre (see :func:`gate_by_windows`).
+    """
     g = dense.geometry
     cam = dense.logits(rgb, inside)
     rows_w = footprint_weights(row_edges[:-1], row_edges[1:], 0, g.step_y, cam.shape[1])
@@ -423,7 +431,8 @@ def gate_by_windows(
     Why: the head was trained on whole windows (a window is positive when spurge is anywhere
     in it). A single feature's CAM logit spreads into neighbouring cells; a cell is presence
     only when its own CAM says so *and* some window around it does. Other classes share the
-    rest of the probability in their previous proportions."""
+    rest of the probability in their previous proportions.
+    """
     rw = footprint_weights(row_starts, row_starts + g.window_y, 0, g.step_y, cam.shape[1])
     cw = footprint_weights(col_starts, col_starts + g.window_x, 0, g.step_x, cam.shape[2])
     p_win = softmax(pool_logits(cam, rw, cw))[positive]  # (window rows, window cols)

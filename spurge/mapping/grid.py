@@ -127,7 +127,8 @@ def cell_weights(
 ) -> np.ndarray:
     """1-D weight of each covered cell: 1 for ``mean``, a Gaussian of the offset from the
     window centre (sigma = a quarter window) for ``gaussian``, which trusts window centres
-    more than their edges."""
+    more than their edges.
+    """
     if blend == "mean":
         return np.ones(stop - first)
     centres = (np.arange(first, stop) + 0.5) * stride

@@ -83,7 +83,8 @@ def check_card(card: ModelCard, run_dir: Path) -> None:
 def recorded_scaling(card: ModelCard, ortho: Path) -> BandScaling | None:
     """The scaling ``spurge tile`` recorded for ``ortho`` in the model's tiles folder, if the
     ortho is the very file that was tiled (same size and modification time) and its bands
-    are the model's; else None."""
+    are the model's; else None.
+    """
     tiles_dir = getattr(card, "tiles_dir", None)
     if not tiles_dir:
         return None

@@ -74,7 +74,8 @@ def predict_windows(
     model: TileClassifier, card: ModelCard, images: np.ndarray, device: str = "cpu"
 ) -> np.ndarray:
     """Class probabilities (N, C) of uint8 (N, H, W, 3) windows, channels-last on purpose
-    (about 2x faster for EfficientNet on the CPU), fp16 autocast and pinned memory on CUDA."""
+    (about 2x faster for EfficientNet on the CPU), fp16 autocast and pinned memory on CUDA.
+    """
     target = resolve_device(device)
     batch = preprocess(images, card).contiguous(memory_format=torch.channels_last)
     cuda = target.type == "cuda"
@@ -254,7 +255,8 @@ class DenseSettings:
     @property
     def margin(self) -> int:
         """Windows read around each block: context for the context pass, and the windows
-        covering the block's edge cells for the gate."""
+        covering the block's edge cells for the gate.
+        """
         return 1 if self.context or self.gate else 0
 
 
@@ -276,7 +278,8 @@ def plan_dense_blocks(grid: MapGrid, block_windows: int) -> list[Block]:
     """Blocks of cells (``win_rows``/``win_cols`` index cells here), row-major, about
     ``3/4 * block_windows`` windows a side (3000 px by default). Where cells and windows
     share a lattice every few thousand px (36 px cells and 250 px windows: every 4500 px)
-    blocks follow it, so no block reads a window that another block reads too."""
+    blocks follow it, so no block reads a window that another block reads too.
+    """
 
     def starts(cells: int, window: int, cell: int) -> list[int]:
         target = max(1, round(block_windows * 3 * window / (4 * cell)))
@@ -360,7 +363,8 @@ def read_dense_block(grid: MapGrid, block: Block, settings: DenseSettings) -> De
 
 def _starts_inside(size: int, window: int, span: tuple[int, int]) -> np.ndarray:
     """Windows-mode window starts (half-window steps, last one flush with the ortho's edge)
-    that fit in a region, in region px."""
+    that fit in a region, in region px.
+    """
     a = np.asarray(window_starts(size, window, max(1, window // 2)))
     return a[(a >= span[0]) & (a + window <= span[1])] - span[0]
 
@@ -419,7 +423,8 @@ def dense_window_probabilities(grid: MapGrid, settings: DenseSettings) -> np.nda
 
 def blend_window_probabilities(grid: MapGrid, probs: np.ndarray) -> np.ndarray:
     """Per-window probabilities (C, rows, cols) -> cells, as the window path's ``mean`` blend
-    (every window counts in each cell whose centre it covers)."""
+    (every window counts in each cell whose centre it covers).
+    """
     sums = np.zeros((probs.shape[0], grid.rows, grid.cols))
     weights = np.zeros((grid.rows, grid.cols))
     for i, y in enumerate(grid.row_starts):

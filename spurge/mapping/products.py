@@ -192,7 +192,8 @@ def survey_next(
     min_separation: int,
 ) -> gpd.GeoDataFrame:
     """The ``n`` most uncertain cells, at least ``min_separation`` cells apart (so the field
-    crew visits different places), as points at cell centres named "survey next"."""
+    crew visits different places), as points at cell centres named "survey next".
+    """
     order = np.lexsort((np.arange(uncertainty.size), -uncertainty.ravel().astype(int)))
     chosen: list[tuple[int, int]] = []
     for flat in order:

@@ -364,7 +364,8 @@ def _merge(
     blocks: list[Block], checkpoint: Checkpoint, grid: MapGrid, n_classes: int, result: OrthoMap
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sum the saved blocks in block order: float sums come out bit-identical whoever
-    computed the blocks."""
+    computed the blocks.
+    """
     sums = np.zeros((n_classes, grid.rows, grid.cols))
     weights = np.zeros((grid.rows, grid.cols))
     for block in blocks:

@@ -124,7 +124,8 @@ def write_vectors(
     geojson_path: Path, gpkg_path: Path, polygons: gpd.GeoDataFrame, points: gpd.GeoDataFrame
 ) -> None:
     """GeoJSON (RFC 7946: WGS84, right-hand rule, both kinds of feature in one collection)
-    and GeoPackage in the native CRS (layers ``presence`` and ``survey_next``)."""
+    and GeoPackage in the native CRS (layers ``presence`` and ``survey_next``).
+    """
     combined = gpd.GeoDataFrame(
         _concat(polygons, points), geometry="geometry", crs=polygons.crs
     ).to_crs("EPSG:4326")
@@ -196,7 +197,8 @@ def overlay_png(
     prob: np.ndarray, transform: Affine, crs: CRS
 ) -> tuple[bytes, tuple[tuple[float, float], tuple[float, float]]]:
     """Warp the probability grid to Web Mercator (what Leaflet stretches image overlays in)
-    and colour it; returns PNG bytes and the lat/lon bounds ``((south, west), (north, east))``."""
+    and colour it; returns PNG bytes and the lat/lon bounds ``((south, west), (north, east))``.
+    """
     height, width = prob.shape
     left, top = transform @ (0, 0)
     right, bottom = transform @ (width, height)
@@ -354,7 +356,8 @@ def _pin_ids(element: Any) -> None:
 
 def _walk(element: Any) -> list[Any]:
     """Every element below ``element``: children, and the header/html/script parts that
-    popups and figures keep outside their children."""
+    popups and figures keep outside their children.
+    """
     nodes = []
     parts = [getattr(element, name, None) for name in ("header", "html", "script")]
     for child in [*element._children.values(), *(p for p in parts if hasattr(p, "_children"))]:

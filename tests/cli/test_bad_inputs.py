@@ -407,7 +407,8 @@ def _synth(config: str) -> Args:
 
 def _unwritable(args: Args, where: str) -> Args:
     """Redirect ``--out`` to a folder that cannot be created (tests run as root, so chmod
-    would not stop them): under /proc, or below a regular file."""
+    would not stop them): under /proc, or below a regular file.
+    """
 
     def redirected(w: World, out: Path) -> list[str]:
         target = Path("/proc/spurge-out") if where == "proc" else w.a_file / "out"
@@ -677,7 +678,8 @@ def _run_and_kill(
 ) -> None:
     """Run ``python -m spurge ARGS`` (the package's ``__main__``) with the function
     ``slow_down`` ("module:Class.method" or "module:function") delayed 0.5 s per call, and
-    SIGKILL it as soon as ``first_output()`` is true: some but not all work is done."""
+    SIGKILL it as soon as ``first_output()`` is true: some but not all work is done.
+    """
     module, _, qualname = slow_down.partition(":")
     *owners, attr = qualname.split(".")
     script = tmp_path / "throttled_spurge.py"

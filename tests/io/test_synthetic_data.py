@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import geopandas as gpd
@@ -123,3 +127,71 @@ def test_manifest_verifies_and_detects_tampering(synth_dir: Path) -> None:
     assert report.mismatched == ["site_001.tif"]
     assert report.missing == ["site_000_truth.tif"]
     assert "1 missing, 1 with a wrong checksum" in report.summary()
+
+
+def _quarter_covers(synth_dir: Path, config: SpeciesConfig) -> dict[str, tuple[str, list[float]]]:
+    """plot id -> (label, truth cover of each of its four quarter tiles)."""
+    plots = gpd.read_file(synth_dir / "plots.gpkg")
+    half, quarter = config.plot_size_m / 2, config.tile_size_px
+    out = {}
+    for plot in plots.itertuples():
+        with rasterio.open(synth_dir / f"{plot.site}_truth.tif") as truth:
+            square = plot.geometry.buffer(half, cap_style="square")
+            window = from_bounds(*square.bounds, transform=truth.transform)
+            plot_truth = truth.read(1, window=window.round_offsets().round_lengths())
+        covers = [
+            float(plot_truth[r : r + quarter, c : c + quarter].mean())
+            for r in (0, quarter)
+            for c in (0, quarter)
+        ]
+        out[plot.plot_id] = (plot.label, covers)
+    return out
+
+
+def test_partial_quarters_leave_some_quarters_of_present_plots_clear(
+    tmp_path: Path, tiny_config: SpeciesConfig
+) -> None:
+    """The realistic set: present plots hold spurge in 1 to 4 quarters, absent plots none."""
+    synthesize(tmp_path, tiny_config, sites=4, size_px=SIZE, seed=7, partial_quarters=True)
+    covers = _quarter_covers(tmp_path, tiny_config)
+    present = [c for label, c in covers.values() if label == "present"]
+    absent = [c for label, c in covers.values() if label == "absent"]
+    assert present and absent
+    assert all(max(c) == 0 for c in absent)
+    assert all(max(c) > 0 for c in present)  # "present" still means spurge somewhere
+    infested = [sum(v > 0 for v in c) for c in present]
+    # Some plots with spurge in only some quarters (label noise for the quarter tiles).
+    assert min(infested) < 4, infested
+    assert "--partial-quarters" in (tmp_path / "dataset.yaml").read_text()
+
+
+_RENDER = """
+import hashlib, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from spurge.synthetic import render_site
+rgb, truth, _ = render_site(1000, 250, 0.014, np.random.default_rng(11))
+print(hashlib.sha256(rgb.tobytes() + truth.tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="CPU feature names are x86's")
+def test_same_bytes_whatever_simd_the_cpu_has(tmp_path: Path) -> None:
+    """numpy/OpenBLAS pick AVX-512, AVX2 or SSE kernels by CPU, which round differently in
+    the last bit; the generator must give the same bytes on each (the demo manifest's
+    checksums were recorded on one machine and are checked on others). Disabling the
+    features emulates the older CPUs (on a CPU without them all runs take the same path).
+    """
+    script = tmp_path / "render.py"
+    script.write_text(_RENDER)
+    repo = str(Path(__file__).resolve().parents[2])
+    digests = set()
+    for disabled, openblas in (("", ""), ("X86_V4 AVX512_ICL", "Haswell"),
+                               ("X86_V3 X86_V4 AVX512_ICL", "Sandybridge")):  # fmt: skip
+        env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": disabled, "OPENBLAS_CORETYPE": openblas}
+        run = subprocess.run(
+            [sys.executable, str(script), repo], env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        digests.add(run.stdout.strip())
+    assert len(digests) == 1, digests

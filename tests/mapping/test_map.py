@@ -472,7 +472,7 @@ def test_cli_new_and_old_option_names_build_the_same_settings(
     assert res.exit_code == 0, res.output
     assert seen["run"] == run_dir and seen["out"] == tmp_path
     assert seen["settings"] == MapSettings(
-        stride=7, threshold=0.3, dask_workers=3, outputs=("gpkg", "cog")
+        stride=7, threshold=0.3, dask_workers=3, outputs=("gpkg", "cog"), device="auto"
     )
     assert seen["settings"].writer_names == ("cog", "gpkg")
 

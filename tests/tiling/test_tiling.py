@@ -423,7 +423,8 @@ def test_cog_and_vrt_orthos_give_the_same_tiles(tmp_path, synth, config) -> None
 
 def test_train_and_augment_refuse_a_config_with_other_tile_geometry(tmp_path, synth, config):
     """`tile --config A` then `train`/`augment --config B`: B's tile size must not reach the
-    model card (and so the map's window size); the mismatch is refused, naming sources.json."""
+    model card (and so the map's window size); the mismatch is refused, naming sources.json.
+    """
     from spurge.augment.textual_inversion import labelled_train_tiles
     from spurge.errors import ManifestError
     from spurge.train import load_labelled_tiles

@@ -17,6 +17,7 @@ from spurge.errors import ManifestError
 from spurge.train import (
     FeatureCache,
     TrainingWarning,
+    TrainSettings,
     classification_metrics,
     load_labelled_tiles,
     sample_few_shot,
@@ -32,6 +33,11 @@ FAST = {
     "eval_every": 10,
     "progress": False,
 }
+
+
+def fast(**overrides: object) -> TrainSettings:
+    """Quick settings for the tiny random-small backbone; ``overrides`` replace any field."""
+    return TrainSettings(**{**FAST, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +68,7 @@ def test_few_shot_keeps_plot_quarters_together(tiles_dir, config):
 def test_too_few_tiles_for_shots_is_an_error(tiles_dir, config, tmp_path):
     # 2 train sites x 3 plots x 4 quarters = 24 train tiles per class.
     with pytest.raises(ManifestError, match="fewer than --shots 25"):
-        train(tiles_dir, config, tmp_path / "run", shots=25, **FAST)
+        train(tiles_dir, config, tmp_path / "run", fast(shots=25))
 
 
 def test_metrics_by_hand():
@@ -74,14 +80,33 @@ def test_metrics_by_hand():
     assert m["per_class"]["present"]["f1"] == pytest.approx(2 / 3)
 
 
+def heldout_scores(run_dir, tiles_dir) -> tuple[float, float]:
+    """(accuracy, balanced accuracy) on the test split, recomputed here from the saved model
+    through the map's entry points (load_model, predict_proba) and numpy, not train's code.
+    """
+    import pandas as pd
+    from PIL import Image
+
+    model, card = load_model(run_dir)
+    tiles = pd.read_parquet(tiles_dir / "tiles.parquet")
+    test = tiles[tiles["split"] == "test"]
+    images = np.stack([np.array(Image.open(tiles_dir / p).convert("RGB")) for p in test["path"]])
+    predicted = predict_proba(model, card, images).argmax(1)
+    truth = np.array([card.class_names.index(label) for label in test["label"]])
+    recalls = [(predicted[truth == c] == c).mean() for c in np.unique(truth)]
+    return float((predicted == truth).mean()), float(np.mean(recalls))
+
+
 def test_learns_easy_tiles_and_writes_a_full_run(tiles_dir, config, tmp_path):
     run = tmp_path / "run"
-    result = train(
-        tiles_dir, config, run, shots=8, seed=0, mode="finetune", **{**FAST, "steps": 40}
-    )
+    result = train(tiles_dir, config, run, fast(shots=8, seed=0, mode="finetune", steps=40))
     # Real learning: held-out site well above chance (0.5).
     assert result.test["n"] == 24
     assert result.test["balanced_accuracy"] >= 0.8
+    # The reported figures are exactly what the saved model scores on the test tiles.
+    accuracy, balanced = heldout_scores(run, tiles_dir)
+    assert (result.test["accuracy"], result.test["balanced_accuracy"]) == (accuracy, balanced)
+    assert sum(map(sum, result.test["confusion_matrix"])) == 24
     assert {p.name for p in run.iterdir()} >= {
         "model.safetensors",
         "model.json",
@@ -116,9 +141,9 @@ def test_learns_easy_tiles_and_writes_a_full_run(tiles_dir, config, tmp_path):
 
 
 def test_same_seed_same_bytes_other_seed_other_model(tiles_dir, config, tmp_path):
-    a = train(tiles_dir, config, tmp_path / "a", shots=4, seed=1, **FAST)
-    b = train(tiles_dir, config, tmp_path / "b", shots=4, seed=1, **FAST)
-    c = train(tiles_dir, config, tmp_path / "c", shots=4, seed=2, **FAST)
+    a = train(tiles_dir, config, tmp_path / "a", fast(shots=4, seed=1))
+    b = train(tiles_dir, config, tmp_path / "b", fast(shots=4, seed=1))
+    c = train(tiles_dir, config, tmp_path / "c", fast(shots=4, seed=2))
     assert (tmp_path / "a/model.safetensors").read_bytes() == (
         tmp_path / "b/model.safetensors"
     ).read_bytes()
@@ -143,10 +168,7 @@ def test_frozen_mode_leaves_backbone_unchanged(tiles_dir, config, tmp_path):
             tiles_dir,
             config,
             tmp_path / "run",
-            shots=4,
-            seed=0,
-            mode="linear",
-            **{**FAST, "backbone": "probe-frozen"},
+            fast(shots=4, seed=0, mode="linear", backbone="probe-frozen"),
         )
         after = module.state_dict()
         for name, tensor in before.items():  # weights and BatchNorm running statistics
@@ -167,11 +189,8 @@ def test_synthetic_mixing_uses_only_few_shot_tiles(tiles_dir, config, tmp_path):
         tiles_dir,
         config,
         tmp_path / "run",
-        shots=4,
-        seed=0,
+        fast(shots=4, seed=0, randaugment=True),
         synthetic_dir=store,
-        randaugment=True,
-        **FAST,
     )
     assert result.n_train == 8
     assert result.n_synthetic == 16  # 2 per sampled tile, none of the other train tiles
@@ -189,7 +208,7 @@ def test_synthetic_store_from_other_tiles_or_config_is_refused(tiles_dir, config
     manifest.to_parquet(other_tiles / "tiles.parquet")
     foreign = make_synthetic_store(tmp_path / "foreign", other_tiles, per_tile=1)
     with pytest.raises(ManifestError, match="built from other tiles"):
-        train(tiles_dir, config, tmp_path / "r1", shots=4, synthetic_dir=foreign, **FAST)
+        train(tiles_dir, config, tmp_path / "r1", fast(shots=4), synthetic_dir=foreign)
     wrong_config = make_synthetic_store(
         tmp_path / "cfg",
         tiles_dir,
@@ -197,15 +216,15 @@ def test_synthetic_store_from_other_tiles_or_config_is_refused(tiles_dir, config
         config_fingerprint="0123456789abcdef",
     )
     with pytest.raises(ManifestError, match="another species config"):
-        train(tiles_dir, config, tmp_path / "r2", shots=4, synthetic_dir=wrong_config, **FAST)
+        train(tiles_dir, config, tmp_path / "r2", fast(shots=4), synthetic_dir=wrong_config)
     with pytest.raises(ManifestError, match="no synthetic manifest"):
-        train(tiles_dir, config, tmp_path / "r3", shots=4, synthetic_dir=tmp_path, **FAST)
+        train(tiles_dir, config, tmp_path / "r3", fast(shots=4), synthetic_dir=tmp_path)
 
 
 def test_no_test_tiles_warns_and_reports_no_test(config, tmp_path):
     tiles = make_tiles(tmp_path / "tiles", splits=("train", "val"))
     with pytest.warns(TrainingWarning, match="no test tiles"):
-        result = train(tiles, config, tmp_path / "run", shots=4, **FAST)
+        result = train(tiles, config, tmp_path / "run", fast(shots=4))
     assert result.test is None
     assert json.loads((tmp_path / "run/metrics.json").read_text())["test"] is None
     assert "no test tiles" in result.summary()
@@ -280,14 +299,61 @@ def test_bad_device_and_options_are_one_line_errors(tiles_dir, config, tmp_path)
     from spurge.errors import SpurgeError
 
     with pytest.raises(SpurgeError, match="unknown device .gpu."):
-        train(tiles_dir, config, tmp_path / "r", shots=1, device="gpu", **FAST)
+        train(tiles_dir, config, tmp_path / "r", fast(shots=1, device="gpu"))
     with pytest.raises(SpurgeError, match="synthetic-prob"):
-        train(tiles_dir, config, tmp_path / "r", shots=1, synthetic_prob=1.5, **FAST)
+        fast(shots=1, synthetic_prob=1.5)
 
 
 def test_device_auto_trains_on_the_machine_it_has(tiles_dir, config, tmp_path, monkeypatch):
     """`train --device auto` resolves through the shared resolver (it used to fail)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    result = train(tiles_dir, config, tmp_path / "auto", shots=1, device="auto", **FAST)
+    result = train(tiles_dir, config, tmp_path / "auto", fast(shots=1, device="auto"))
     assert (result.run_dir / "metrics.json").is_file()
     assert result.test is not None
+
+
+def _head_digest(model: torch.nn.Module) -> str:
+    import hashlib
+
+    state = model.state_dict()
+    return hashlib.sha256(
+        b"".join(state[k].detach().cpu().numpy().tobytes() for k in sorted(state))
+    ).hexdigest()
+
+
+def test_test_split_is_scored_once_last_with_the_weights_chosen_on_val(
+    tiles_dir, config, tmp_path, monkeypatch
+):
+    """Spy on the evaluator: val is checked during fitting and picks the step; the held-out
+    test split is predicted exactly once, after fitting, with that step's weights.
+    """
+    from spurge.train import SplitEvaluator
+
+    calls: list[tuple[str, str]] = []
+    original = SplitEvaluator.predict
+    # Val checks at steps 10, 20, 30 score 0.5, 1.0, 0.5: step 20 must be kept, not the last.
+    scripted = iter(["chance", "perfect", "chance"])
+
+    def spy(self):
+        calls.append((self.name, _head_digest(self.model)))
+        predictions = original(self)
+        if self.name == "val":
+            kind = next(scripted, "real")
+            if kind == "chance":
+                return [0] * len(self.targets)
+            if kind == "perfect":
+                return list(self.targets)
+        return predictions
+
+    monkeypatch.setattr(SplitEvaluator, "predict", spy)
+    result = train(tiles_dir, config, tmp_path / "run", fast(shots=4, steps=30, eval_every=10))
+    names = [name for name, _ in calls]
+    assert names == ["val", "val", "val", "val", "test"]  # 3 checks, then val, test once
+    assert result.metrics["best_step"] == 20
+    assert [p["val_balanced_accuracy"] for p in result.metrics["curve"]] == [0.5, 1.0, 0.5]
+    step_20_weights = calls[1][1]
+    assert calls[2][1] != step_20_weights  # training went on after step 20
+    assert calls[-1][1] == step_20_weights  # the test split saw the step-20 weights
+    assert calls[-2][1] == step_20_weights
+    model, _ = load_model(tmp_path / "run")
+    assert _head_digest(model) == step_20_weights  # and so does the saved model
