@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from spurge.augment import TINY_RANDOM, TokenSettings, augment
+from spurge.augment import TINY_RANDOM, GenerationSettings, TokenSettings, augment
 from spurge.config import load_config
 from spurge.evaluate import evaluate
 from spurge.io.tiles import read_tile_manifest
@@ -68,24 +68,21 @@ def run_demo(
     if model == TINY_RANDOM:
         # The miniature random Stable Diffusion keeps the demo offline and fast; its images are
         # noise-like, so the comparison below shows the machinery, not DA-Fusion's real gain.
-        generation = {
-            "per_tile": 1,
-            "steps": 8,
-            "token_settings": TokenSettings(steps=30, batch_size=4),
-        }
+        generation = GenerationSettings(method="da-fusion", per_tile=1, steps=8, seed=seed)
+        tokens = TokenSettings(steps=30, batch_size=4)
     else:
-        generation = {"per_tile": 4, "steps": 25, "token_settings": TokenSettings()}
+        generation = GenerationSettings(method="da-fusion", per_tile=4, steps=25, seed=seed)
+        tokens = TokenSettings()
     synthetic = clock.run(
         "augment",
         augment,
         tiles_dir,
         config,
         out_dir / "augment" / "da-fusion",
-        method="da-fusion",
+        generation,
         model=model,
-        seed=seed,
         device=device,
-        **generation,
+        token_settings=tokens,
     )
     run = clock.run(
         "train",

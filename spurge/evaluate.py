@@ -21,16 +21,15 @@ import pandas as pd
 from scipy import stats
 from tqdm import tqdm
 
+from spurge.augment.methods import get_method
 from spurge.classifier import load_card
 from spurge.config import SpeciesConfig
 from spurge.errors import ManifestError, SpurgeError
 from spurge.io.atomic import atomic_path, ensure_writable_dir, write_text_atomic
-from spurge.io.tiles import manifest_path
 from spurge.io.synthetic import SYNTHETIC_MANIFEST
+from spurge.io.tiles import manifest_path
 from spurge.train import METRICS, load_labelled_tiles, train
 
-#: Methods that need no synthetic store.
-BASELINES = {"none": {}, "randaugment": {"randaugment": True}}
 RESULTS = "results.csv"
 PLOT = "accuracy_vs_shots.png"
 SUMMARY = "summary.md"
@@ -98,9 +97,10 @@ def evaluate(
 ) -> EvaluateResult:
     """Train and score every (method, shots, seed); write results.csv, the plot and summary.md.
 
-    ``methods`` other than ``none`` and ``randaugment`` read ``synthetic_root/<method>/
-    synthetic.parquet``. ``train_options`` go to :func:`spurge.train.train` unchanged
-    (backbone, mode, steps, ...). All inputs are checked before the first run starts.
+    ``methods`` are names in :mod:`spurge.augment.methods`; those that need a store (all but
+    ``none`` and ``randaugment``) read ``synthetic_root/<method>/synthetic.parquet``.
+    ``train_options`` go to :func:`spurge.train.train` unchanged (backbone, mode, steps, ...)
+    plus the method's own (``randaugment``). All inputs are checked before the first run.
     """
     tiles_dir = Path(tiles_dir)
     out_dir = ensure_writable_dir(out_dir)
@@ -121,7 +121,7 @@ def evaluate(
         )
     stores: dict[str, Path | None] = {}
     for method in methods:
-        if method in BASELINES:
+        if not get_method(method).needs_store:
             stores[method] = None
             continue
         if synthetic_root is None:
@@ -159,7 +159,7 @@ def evaluate(
                     seed=seed,
                     synthetic_dir=stores[method],
                     progress=False,
-                    **{**train_options, **BASELINES.get(method, {})},
+                    **{**train_options, **get_method(method).train_options},
                 )
             trained += 1
         metrics = json.loads((run_dir / METRICS).read_text(encoding="utf-8"))
