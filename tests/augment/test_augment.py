@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import shutil
+import sys
 
 import numpy as np
 import pandas as pd
@@ -502,3 +504,28 @@ def test_real_drone_tiles(tmp_path):
     for rel in rows["path"]:
         with Image.open(tmp_path / "syn" / rel) as img:
             assert img.size == (64, 64)
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_only_on_a_terminal(store, tmp_path, monkeypatch, capsys):
+    """Like the other stages (tqdm ``disable=None``): no bars into a pipe or a log file."""
+    _, tiles, config, _ = store
+    common = dict(model="tiny-random", token_settings=TokenSettings(steps=2, batch_size=2))
+    settings = gen(per_tile=1, strengths=(1.0,))
+    augment(tiles, config, tmp_path / "pipe", settings, **common)  # progress left at its default
+    err = capsys.readouterr().err
+    assert "augment:" not in err and "token <" not in err
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    augment(tiles, config, tmp_path / "tty", settings, **common)
+    assert "augment:" in terminal.getvalue() and "token <absent>:" in terminal.getvalue()
+    quiet = _Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    augment(tiles, config, tmp_path / "quiet", settings, progress=False, **common)
+    assert quiet.getvalue() == ""
