@@ -160,3 +160,19 @@ def test_evaluate_takes_baselines_from_the_registry(tmp_path, monkeypatch):
     finally:
         unregister("heavy-jitter")
     assert calls[0]["synthetic_dir"] is None and calls[0]["randaugment"] is True
+
+
+def test_negative_prompt_is_part_of_the_image_id(tmp_path):
+    """The unconditional prompt changes the images, so it changes their ids (only when set,
+    so stores made without one keep their ids)."""
+    tiles = make_small_tiles(tmp_path / "tiles")
+    config = tiny_config()
+    train = labelled_train_tiles(tiles, config)
+
+    def ids(**extra):
+        settings = GenerationSettings(method="real-guidance", per_tile=2, **extra)
+        return [i.image_id for i in plan_images(tiles, train, config, settings, "h", None)]
+
+    assert ids() == ids(negative_prompt="")
+    assert not set(ids()) & set(ids(negative_prompt="blurry"))
+    assert ids() == ids(batch_size=1)  # batching does not change what an image is
