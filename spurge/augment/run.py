@@ -226,14 +226,16 @@ def prepare_tokens(
             device=run.model.device,
             progress=progress,
         )
-        tokens_dir = result.tokens_dir
+        folder = Path(result.tokens_dir or run.out_dir / TOKENS_DIR)
+    else:
+        folder = Path(tokens_dir)
     hashes = {}
     for name in run.config.class_names:
-        path = token_path(tokens_dir, name)
+        path = token_path(folder, name)
         if not path.is_file():
             raise ModelError(f"token file for class {name!r} is missing", path)
         hashes[name] = sha256_file(path)
-    return Tokens(result, Path(tokens_dir), hashes)
+    return Tokens(result, folder, hashes)
 
 
 def plan(run: AugmentRun, tokens: Tokens) -> list[PlanItem]:
@@ -284,7 +286,7 @@ def generate_missing(
     reused = len(store.done_ids)
     if todo:
         loaded = run.model.get()
-        if run.settings.uses_tokens:
+        if run.settings.uses_tokens and tokens.tokens_dir is not None:
             load_tokens(loaded, tokens.tokens_dir, run.config)
         sampler = BatchSampler(loaded, negative_prompt=run.settings.negative_prompt)
         bar = tqdm(
