@@ -254,16 +254,38 @@ def _strengths(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
         raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from exc
 
 
+class _MethodChoice(click.Choice):
+    """``--method`` choices read from the method registry when used (plug-ins included)."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        from spurge.augment.methods import generation_methods
+
+        return tuple(generation_methods())
+
+    @choices.setter
+    def choices(self, value: object) -> None:  # click's __init__ assigns; the registry wins
+        pass
+
+
+def _method_help() -> str:
+    from spurge.augment.methods import METHODS
+
+    return "; ".join(f"{m.name}: {m.help}" for m in METHODS.values() if m.needs_store) + "."
+
+
 @cli.command()
 @click.argument("tiles_dir", type=click.Path(path_type=Path))
 @config_option
 @click.option(
     "--method",
-    type=click.Choice(["da-fusion", "textual-inversion", "real-guidance"]),
+    type=_MethodChoice(),
     default="da-fusion",
     show_default=True,
-    help="da-fusion: class tokens + context prompts; textual-inversion: tokens only; "
-    "real-guidance: the class's words in the prompt, no tokens.",
+    help=_method_help(),
 )
 @click.option(
     "--model",
@@ -398,17 +420,13 @@ def augment(
       spurge augment runs/tiles --method real-guidance --out runs/synthetic/real-guidance
       spurge augment runs/tiles --model tiny-random --per-tile 2 --out /tmp/try
     """
-    from spurge.augment import TokenSettings
+    from spurge.augment import FilterSettings, GenerationSettings, TokenSettings
     from spurge.augment import augment as run_augment
     from spurge.config import load_config
 
     config = load_config(config_path)
-    result = run_augment(
-        tiles_dir,
-        config,
-        out_dir,
+    generation = GenerationSettings(
         method=method,
-        model=model,
         per_tile=per_tile,
         strengths=strengths,
         steps=steps,
@@ -416,19 +434,28 @@ def augment(
         sampler=sampler,
         seed=seed,
         batch_size=batch_size,
+    )
+    tokens = TokenSettings(
+        num_vectors=token_vectors,
+        steps=token_steps,
+        learning_rate=token_lr,
+        batch_size=token_batch_size,
+        seed=seed,
+    )
+    clip = None
+    if filter_:
+        clip = FilterSettings(filter_, clip_model or FilterSettings.model, clip_threshold)
+    result = run_augment(
+        tiles_dir,
+        config,
+        out_dir,
+        generation,
+        model=model,
         device=device,
+        token_settings=tokens,
         tokens_dir=tokens_dir,
-        token_settings=TokenSettings(
-            num_vectors=token_vectors,
-            steps=token_steps,
-            learning_rate=token_lr,
-            batch_size=token_batch_size,
-            seed=seed,
-        ),
         train_tokens_only=train_tokens_only,
-        filter=filter_,
-        clip_model=clip_model,
-        clip_threshold=clip_threshold if filter_ else None,
+        filter_settings=clip,
     )
     click.echo(result.summary())
 

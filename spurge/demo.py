@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from spurge import DEFAULT_SEED
-from spurge.augment import TINY_RANDOM, TokenSettings, augment
+from spurge.augment import TINY_RANDOM, GenerationSettings, TokenSettings, augment
 from spurge.config import DEFAULT_CONFIG, load_config
 from spurge.device import DEFAULT_DEVICE, resolve_device
 from spurge.evaluate import evaluate
@@ -74,18 +74,17 @@ def run_demo(
     )
     tiles_dir = out_dir / "tiles"
     tiles = clock.run("tile", tile_plots, synth.orthos, synth.plots, config, tiles_dir)
-    generation = _generation(model)
+    generation, tokens = _generation(model, seed)
     synthetic = clock.run(
         "augment",
         augment,
         tiles_dir,
         config,
         out_dir / "augment" / "da-fusion",
-        method="da-fusion",
+        generation,
         model=model,
-        seed=seed,
         device=device,
-        **generation,
+        token_settings=tokens,
     )
     run = clock.run(
         "train",
@@ -118,13 +117,16 @@ def run_demo(
     return _closing(out_dir, results, run.test or {}, test_sites, html)
 
 
-def _generation(model: str) -> dict[str, Any]:
-    """Augment settings for the demo's Stable Diffusion ``model``."""
+def _generation(model: str, seed: int) -> tuple[GenerationSettings, TokenSettings]:
+    """DA-Fusion settings for the demo's Stable Diffusion ``model``."""
     if model == TINY_RANDOM:
         # The miniature random Stable Diffusion keeps the demo offline and fast; its images are
         # noise-like, so the comparison below shows the machinery, not DA-Fusion's real gain.
-        return {"per_tile": 1, "steps": 8, "token_settings": TokenSettings(steps=30, batch_size=4)}
-    return {"per_tile": 4, "steps": 25, "token_settings": TokenSettings()}
+        generation = GenerationSettings(method="da-fusion", per_tile=1, steps=8, seed=seed)
+        return generation, TokenSettings(steps=30, batch_size=4)
+    # A real checkpoint gets DA-Fusion's own settings: 4 images per tile, 25 steps, full tokens.
+    generation = GenerationSettings(method="da-fusion", per_tile=4, steps=25, seed=seed)
+    return generation, TokenSettings()
 
 
 def _closing(

@@ -21,6 +21,7 @@ import pandas as pd
 from scipy import stats
 from tqdm import tqdm
 
+from spurge.augment.methods import get_method
 from spurge.classifier import load_card
 from spurge.config import SpeciesConfig
 from spurge.errors import ManifestError, SpurgeError
@@ -29,8 +30,6 @@ from spurge.io.synthetic import SYNTHETIC_MANIFEST
 from spurge.io.tiles import manifest_path
 from spurge.train import METRICS, TrainSettings, load_labelled_tiles, train
 
-#: Methods that need no synthetic store.
-BASELINES = {"none": {}, "randaugment": {"randaugment": True}}
 RESULTS = "results.csv"
 PLOT = "accuracy_vs_shots.png"
 SUMMARY = "summary.md"
@@ -121,7 +120,8 @@ def evaluate(
 ) -> EvaluateResult:
     """Train and score every (method, shots, seed); write results.csv, the plot and summary.md.
 
-    ``methods`` other than ``none`` and ``randaugment`` read ``synthetic_root/<method>/
+    ``methods`` are names in :mod:`spurge.augment.methods`; those that need a store (all but
+    the train-time baselines ``none`` and ``randaugment``) read ``synthetic_root/<method>/
     synthetic.parquet``. Every run trains with ``settings`` (its ``shots``, ``seed`` and
     ``randaugment`` replaced by the run's own; ``progress`` shows the bar over runs). All
     inputs are checked before the first run starts.
@@ -143,7 +143,11 @@ def evaluate(
             skipped += 1
         else:
             run_settings = replace(
-                settings, shots=k, seed=seed, progress=False, **BASELINES.get(method, {})
+                settings,
+                shots=k,
+                seed=seed,
+                progress=False,
+                **get_method(method).train_options,
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # per-run warnings land in metrics.json
@@ -183,7 +187,7 @@ def _check_inputs(
         )
     stores: dict[str, Path | None] = {}
     for method in methods:
-        if method in BASELINES:
+        if not get_method(method).needs_store:
             stores[method] = None
             continue
         if synthetic_root is None:

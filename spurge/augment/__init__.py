@@ -1,29 +1,43 @@
-"""Diffusion augmentation (DA-Fusion and baselines): tokens, generation, synthetic store."""
+"""Diffusion augmentation (DA-Fusion and baselines): tokens, generation, synthetic store.
 
-from spurge.augment.generate import DEFAULT_STRENGTHS, METHODS, GenerationSettings
-from spurge.augment.models import DEFAULT_MODEL, TINY_RANDOM, load_model
-from spurge.augment.run import AugmentResult, augment
-from spurge.augment.textual_inversion import TokenResult, TokenSettings, load_tokens, train_tokens
-from spurge.io.synthetic import (
-    SYNTHETIC_COLUMNS,
-    read_synthetic_manifest,
-    synthetic_image_path,
-)
+Names are imported on first use, so ``spurge.augment.methods`` (the method registry, read by
+the CLI) loads without torch and diffusers.
+"""
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "DEFAULT_STRENGTHS",
-    "METHODS",
-    "SYNTHETIC_COLUMNS",
-    "TINY_RANDOM",
-    "AugmentResult",
-    "GenerationSettings",
-    "TokenResult",
-    "TokenSettings",
-    "augment",
-    "load_model",
-    "load_tokens",
-    "read_synthetic_manifest",
-    "synthetic_image_path",
-    "train_tokens",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DEFAULT_STRENGTHS": "spurge.augment.generate",
+    "GenerationSettings": "spurge.augment.generate",
+    "METHODS": "spurge.augment.methods",
+    "Method": "spurge.augment.methods",
+    "get_method": "spurge.augment.methods",
+    "register": "spurge.augment.methods",
+    "DEFAULT_MODEL": "spurge.augment.models",
+    "TINY_RANDOM": "spurge.augment.models",
+    "load_model": "spurge.augment.models",
+    "FilterSettings": "spurge.augment.filters",
+    "AugmentResult": "spurge.augment.run",
+    "augment": "spurge.augment.run",
+    "TokenResult": "spurge.augment.textual_inversion",
+    "TokenSettings": "spurge.augment.textual_inversion",
+    "load_tokens": "spurge.augment.textual_inversion",
+    "train_tokens": "spurge.augment.textual_inversion",
+    "SYNTHETIC_COLUMNS": "spurge.io.synthetic",
+    "read_synthetic_manifest": "spurge.io.synthetic",
+    "synthetic_image_path": "spurge.io.synthetic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -8,16 +8,32 @@ from a local folder or a hub id already in the cache; without one it is a one-li
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from spurge.errors import ModelError
+from spurge.errors import ConfigError, ModelError
 
 FILTERS = ("clip",)
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 DEFAULT_CLIP_THRESHOLD = 0.2
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """Which quality filter ``augment`` applies to new images, and its model and threshold."""
+
+    name: str = "clip"
+    model: str = DEFAULT_CLIP_MODEL
+    threshold: float = DEFAULT_CLIP_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if self.name not in FILTERS:
+            raise ConfigError(f"unknown filter {self.name!r}; choose one of {', '.join(FILTERS)}")
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"CLIP threshold {self.threshold} is out of range [-1, 1]")
 
 
 class ClipFilter:

@@ -20,20 +20,24 @@ import numpy as np
 import torch
 from PIL import Image
 
+from spurge.augment.methods import check_templates, get_method
 from spurge.augment.models import LoadedModel
 from spurge.config import SpeciesConfig
 from spurge.errors import ConfigError, ManifestError, ModelError
 from spurge.io.synthetic import image_relpath
 from spurge.io.tiles import tile_image_path
 
-METHODS = ("da-fusion", "textual-inversion", "real-guidance")
-TOKEN_METHODS = ("da-fusion", "textual-inversion")
 DEFAULT_STRENGTHS = (1.0, 0.75, 0.5, 0.25)
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """What to generate; defaults follow DA-Fusion with Diff-Mix's sampler choice."""
+    """What to generate; defaults follow DA-Fusion with Diff-Mix's sampler choice.
+
+    ``method`` names a registered method that makes a synthetic store
+    (:mod:`spurge.augment.methods`). ``batch_size`` only groups the work (images are the same
+    for any batch size); ``negative_prompt`` is the unconditional prompt of guidance.
+    """
 
     method: str = "da-fusion"
     per_tile: int = 10
@@ -42,10 +46,16 @@ class GenerationSettings:
     guidance: float = 7.5
     sampler: str = "dpm"
     seed: int = 0
+    batch_size: int = 8
+    negative_prompt: str = ""
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not get_method(self.method).needs_store:
+            raise ConfigError(
+                f"method {self.method!r} makes no synthetic images (it is a training baseline)"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if self.per_tile < 1:
             raise ConfigError(f"per_tile must be >= 1, got {self.per_tile}")
         if not self.strengths:
@@ -65,7 +75,7 @@ class GenerationSettings:
 
     @property
     def uses_tokens(self) -> bool:
-        return self.method in TOKEN_METHODS
+        return get_method(self.method).uses_tokens
 
 
 @dataclass(frozen=True)
@@ -112,31 +122,15 @@ def item_seed(seed: int, tile_id: str, index: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def class_phrase(config: SpeciesConfig, class_name: str) -> str:
-    """Words for a class in a real-guidance prompt: its description, else species + class."""
-    spec = config.classes[config.class_index(class_name)]
-    return spec.description or f"{config.species} {class_name}"
-
-
 def prompt_variants(
     config: SpeciesConfig, class_name: str, method: str
 ) -> list[tuple[str, str | None]]:
-    """``(prompt, context)`` pairs a class cycles through; the plain prompt comes first."""
-    for name, template in (
-        ("prompt_template", config.prompt_template),
-        ("context_template", config.context_template),
-    ):
-        if "{token}" not in template:
-            raise ConfigError(f"{name}: must contain a {{token}} slot for the class token")
-    if method == "real-guidance":
-        return [(config.prompt_template.format(token=class_phrase(config, class_name)), None)]
-    token = config.token(class_name)
-    plain = [(config.prompt_template.format(token=token), None)]
-    if method == "textual-inversion":
-        return plain
-    return plain + [
-        (config.context_template.format(token=token, context=c), c) for c in config.context_prompts
-    ]
+    """``(prompt, context)`` pairs a class cycles through (the method's); plain prompt first."""
+    check_templates(config)
+    variants = get_method(method).prompts(config, class_name)  # type: ignore[misc]
+    if not variants:
+        raise ConfigError(f"method {method!r} gives no prompt for class {class_name!r}")
+    return variants
 
 
 def plan_images(
@@ -184,6 +178,8 @@ def plan_images(
                 "token_hash": token_hash,
                 "size": list(size),
             }
+            if settings.negative_prompt:  # only when set, so default ids stay as they were
+                key["negative_prompt"] = settings.negative_prompt
             image_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
             items.append(
                 PlanItem(

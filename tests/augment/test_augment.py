@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import shutil
+import sys
 
 import numpy as np
 import pandas as pd
@@ -12,8 +14,15 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from spurge.augment import SYNTHETIC_COLUMNS, TokenSettings, augment, load_tokens
+from spurge.augment import (
+    SYNTHETIC_COLUMNS,
+    GenerationSettings,
+    TokenSettings,
+    augment,
+    load_tokens,
+)
 from spurge.augment import run as run_module
+from spurge.augment.filters import FilterSettings
 from spurge.augment.generate import BatchSampler
 from spurge.augment.models import build_clip_tokenizer, default_dtype, load_model
 from spurge.cli import cli
@@ -24,10 +33,15 @@ from tests.builders import make_small_tiles as make_tiles
 from tests.builders import tiny_config
 from tests.conftest import require_testdata
 
-FAST = dict(model="tiny-random", steps=4, batch_size=4, progress=False)
+FAST = dict(model="tiny-random", progress=False)
 TOKENS = TokenSettings(steps=3, batch_size=2, seed=0)
 PER_TILE = 4
 N_TRAIN = 4  # make_tiles: 2 train tiles per class
+
+
+def gen(**settings) -> GenerationSettings:
+    """Generation settings small enough for tests (4 steps, batches of 4)."""
+    return GenerationSettings(**{"steps": 4, "batch_size": 4, **settings})
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +49,9 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("augment")
     tiles = make_tiles(root / "tiles")
     config = tiny_config()
-    result = augment(tiles, config, root / "syn", per_tile=PER_TILE, token_settings=TOKENS, **FAST)
+    result = augment(
+        tiles, config, root / "syn", gen(per_tile=PER_TILE), token_settings=TOKENS, **FAST
+    )
     return root, tiles, config, result
 
 
@@ -113,7 +129,9 @@ def test_rerun_is_a_noop(store):
     root, tiles, config, _ = store
     manifest = root / "syn" / "synthetic.parquet"
     before = (manifest.stat().st_mtime_ns, manifest.read_bytes())
-    again = augment(tiles, config, root / "syn", per_tile=PER_TILE, token_settings=TOKENS, **FAST)
+    again = augment(
+        tiles, config, root / "syn", gen(per_tile=PER_TILE), token_settings=TOKENS, **FAST
+    )
     assert again.generated == 0 and again.reused == PER_TILE * N_TRAIN
     assert not again.model_loaded  # nothing to do: Stable Diffusion is never loaded
     assert not any(t.trained for t in again.tokens.tokens.values())
@@ -135,11 +153,11 @@ def test_resume_after_interruption(store, tmp_path, monkeypatch):
 
     monkeypatch.setattr(BatchSampler, "generate", dies_after_one_batch)
     with pytest.raises(KeyboardInterrupt):
-        augment(tiles, config, out, per_tile=PER_TILE, token_settings=TOKENS, **FAST)
+        augment(tiles, config, out, gen(per_tile=PER_TILE), token_settings=TOKENS, **FAST)
     partial = read_synthetic_manifest(out)
     assert len(partial) == 4  # one batch finished and was recorded
     monkeypatch.setattr(BatchSampler, "generate", real)
-    resumed = augment(tiles, config, out, per_tile=PER_TILE, token_settings=TOKENS, **FAST)
+    resumed = augment(tiles, config, out, gen(per_tile=PER_TILE), token_settings=TOKENS, **FAST)
     assert resumed.reused == 4 and resumed.generated == PER_TILE * N_TRAIN - 4
     full = read_synthetic_manifest(root / "syn")
     rows = read_synthetic_manifest(out)
@@ -154,9 +172,9 @@ def test_changed_parameter_regenerates_only_what_it_affects(store, tmp_path):
     root, tiles, config, _ = store
     out = tmp_path / "syn"
     shutil.copytree(root / "syn", out)
-    more = augment(tiles, config, out, per_tile=PER_TILE + 1, token_settings=TOKENS, **FAST)
+    more = augment(tiles, config, out, gen(per_tile=PER_TILE + 1), token_settings=TOKENS, **FAST)
     assert more.generated == N_TRAIN and more.reused == PER_TILE * N_TRAIN
-    fewer = augment(tiles, config, out, per_tile=2, token_settings=TOKENS, **FAST)
+    fewer = augment(tiles, config, out, gen(per_tile=2), token_settings=TOKENS, **FAST)
     assert fewer.generated == 0 and fewer.pruned == (PER_TILE + 1 - 2) * N_TRAIN
     assert len(read_synthetic_manifest(out)) == 2 * N_TRAIN
     assert len(list((out / "images").glob("*/*.png"))) == 2 * N_TRAIN
@@ -168,8 +186,7 @@ def test_other_methods(store, tmp_path):
         tiles,
         config,
         tmp_path / "ti",
-        method="textual-inversion",
-        per_tile=2,
+        gen(method="textual-inversion", per_tile=2),
         tokens_dir=root / "syn" / "tokens",
         **FAST,
     )
@@ -178,7 +195,7 @@ def test_other_methods(store, tmp_path):
     assert all(
         p == f"a drone photo of <{lab}>" for p, lab in zip(rows.prompt, rows.label, strict=True)
     )
-    rg = augment(tiles, config, tmp_path / "rg", method="real-guidance", per_tile=2, **FAST)
+    rg = augment(tiles, config, tmp_path / "rg", gen(method="real-guidance", per_tile=2), **FAST)
     rows = read_synthetic_manifest(tmp_path / "rg")
     assert rg.generated == 2 * N_TRAIN and rg.tokens is None
     assert not (tmp_path / "rg" / "tokens").exists()
@@ -211,13 +228,13 @@ def test_missing_and_mismatched_tokens(store, tmp_path):
     tokens.mkdir()
     shutil.copy(root / "syn" / "tokens" / "absent.safetensors", tokens)
     with pytest.raises(ModelError, match=r"present\.safetensors"):
-        augment(tiles, config, tmp_path / "a", per_tile=1, tokens_dir=tokens, **FAST)
+        augment(tiles, config, tmp_path / "a", gen(per_tile=1), tokens_dir=tokens, **FAST)
     save_file({"<present>": torch.zeros(4, 7)}, str(tokens / "present.safetensors"))
     with pytest.raises(ModelError, match=r"present\.safetensors.*width"):
-        augment(tiles, config, tmp_path / "b", per_tile=1, tokens_dir=tokens, **FAST)
+        augment(tiles, config, tmp_path / "b", gen(per_tile=1), tokens_dir=tokens, **FAST)
     save_file({"<other>": torch.zeros(4, 32)}, str(tokens / "present.safetensors"))
     with pytest.raises(ModelError, match="expected exactly"):
-        augment(tiles, config, tmp_path / "c", per_tile=1, tokens_dir=tokens, **FAST)
+        augment(tiles, config, tmp_path / "c", gen(per_tile=1), tokens_dir=tokens, **FAST)
 
 
 def test_cli_runs_and_reports_tiny_random(store, tmp_path):
@@ -313,10 +330,10 @@ def test_bad_tile_manifests(tmp_path):
 def test_bad_parameters(store, tmp_path):
     _, tiles, config, _ = store
     with pytest.raises(ConfigError, match="out of range"):
-        augment(tiles, config, tmp_path, strengths=(0.0, 0.5), **FAST)
+        augment(tiles, config, tmp_path, gen(strengths=(0.0, 0.5)), **FAST)
     bad = config.model_copy(update={"prompt_template": "a drone photo"})
     with pytest.raises(ConfigError, match=r"\{token\}"):
-        augment(tiles, bad, tmp_path, method="real-guidance", **FAST)
+        augment(tiles, bad, tmp_path, gen(method="real-guidance"), **FAST)
     with pytest.raises(ModelError, match="single-file model"):
         augment(tiles, config, tmp_path, **{**FAST, "model": str(tiles / "tiles.parquet")})
     empty_model = tmp_path / "model"
@@ -330,14 +347,18 @@ def test_clip_filter(store, tmp_path, monkeypatch):
     from spurge.augment.filters import build_tiny_clip
 
     clip = build_tiny_clip(tmp_path / "clip")
-    common = dict(per_tile=1, method="real-guidance", filter="clip", clip_model=str(clip), **FAST)
-    kept = augment(tiles, config, tmp_path / "keep", clip_threshold=-1.0, **common)
+    common = dict(generation=gen(per_tile=1, method="real-guidance"), **FAST)
+
+    def clip_filter(threshold: float, model: str = str(clip)) -> FilterSettings:
+        return FilterSettings("clip", model, threshold)
+
+    kept = augment(tiles, config, tmp_path / "keep", filter_settings=clip_filter(-1.0), **common)
     assert kept.generated == N_TRAIN and kept.rejected == 0
-    dropped = augment(tiles, config, tmp_path / "drop", clip_threshold=1.0, **common)
+    dropped = augment(tiles, config, tmp_path / "drop", filter_settings=clip_filter(1.0), **common)
     assert dropped.generated == 0 and dropped.rejected_now == N_TRAIN
     assert f"dropped {N_TRAIN} new images" in dropped.summary()
     assert len(read_synthetic_manifest(tmp_path / "drop")) == 0
-    again = augment(tiles, config, tmp_path / "drop", clip_threshold=1.0, **common)
+    again = augment(tiles, config, tmp_path / "drop", filter_settings=clip_filter(1.0), **common)
     assert again.generated == 0 and again.rejected_now == 0 and not again.model_loaded
     # CLIP scores on the generation device (it ran on the CPU even when generating on CUDA).
     devices = []
@@ -348,11 +369,23 @@ def test_clip_filter(store, tmp_path, monkeypatch):
         return real_clip(*args, **kwargs)
 
     monkeypatch.setattr(run_module, "ClipFilter", spy)
-    augment(tiles, config, tmp_path / "dev", clip_threshold=-1.0, device="cpu", **common)
+    augment(
+        tiles,
+        config,
+        tmp_path / "dev",
+        filter_settings=clip_filter(-1.0),
+        **{**common, "device": "cpu"},
+    )
     assert devices == [torch.device("cpu")]
     monkeypatch.undo()
     with pytest.raises(ModelError, match="CLIP model"):
-        augment(tiles, config, tmp_path / "x", **{**common, "clip_model": str(tmp_path / "no")})
+        augment(
+            tiles,
+            config,
+            tmp_path / "x",
+            filter_settings=clip_filter(0.2, str(tmp_path / "no")),
+            **common,
+        )
 
 
 def test_device_and_dtype_selection(monkeypatch):
@@ -462,10 +495,35 @@ def test_real_drone_tiles(tmp_path):
         crs = src.crs
     write_tile_manifest(gpd.GeoDataFrame(rows, geometry="geometry", crs=crs), tiles)
     result = augment(
-        tiles, tiny_config(), tmp_path / "syn", method="real-guidance", per_tile=2, **FAST
+        tiles, tiny_config(), tmp_path / "syn", gen(method="real-guidance", per_tile=2), **FAST
     )
     rows = read_synthetic_manifest(tmp_path / "syn")
     assert result.generated == 4 and set(rows["source_tile_id"]) == {"real_0", "real_1"}
     for rel in rows["path"]:
         with Image.open(tmp_path / "syn" / rel) as img:
             assert img.size == (64, 64)
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_only_on_a_terminal(store, tmp_path, monkeypatch, capsys):
+    """Like the other stages (tqdm ``disable=None``): no bars into a pipe or a log file."""
+    _, tiles, config, _ = store
+    common = dict(model="tiny-random", token_settings=TokenSettings(steps=2, batch_size=2))
+    settings = gen(per_tile=1, strengths=(1.0,))
+    augment(tiles, config, tmp_path / "pipe", settings, **common)  # progress left at its default
+    err = capsys.readouterr().err
+    assert "augment:" not in err and "token <" not in err
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    augment(tiles, config, tmp_path / "tty", settings, **common)
+    assert "augment:" in terminal.getvalue() and "token <absent>:" in terminal.getvalue()
+    quiet = _Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    augment(tiles, config, tmp_path / "quiet", settings, progress=False, **common)
+    assert quiet.getvalue() == ""
