@@ -182,7 +182,7 @@ def read_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], set[str]]:
 
             shapes, dtypes = {}, set()
             with safe_open(str(path), framework="pt") as handle:
-                for key in handle.keys():
+                for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
                     piece = handle.get_slice(key)
                     shapes[key] = tuple(piece.get_shape())
                     dtypes.add(_dtype_name(piece.get_dtype()))
