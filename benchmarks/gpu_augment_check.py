@@ -260,9 +260,8 @@ def memory(args, loaded, folder: Path) -> None:
     device = loaded.device
     label = mem_label(device)
     auto = BatchSampler(loaded).batch_size
-    print(
-        f"figure auto_batch_this_device {auto} ({label} {batch_peak(loaded, folder, auto) / GiB:.2f} GiB)"
-    )
+    peak = batch_peak(loaded, folder, auto)
+    print(f"figure auto_batch_this_device {auto} ({label} {peak / GiB:.2f} GiB)")
     if device.type != "cuda":
         print("figure batch_under_12GB n/a (CPU run: GPU memory not measured)")
         return

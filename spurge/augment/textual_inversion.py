@@ -378,10 +378,10 @@ def _train_one(
         loss = trainer.step()
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        if checkpoint_every and trainer.step_index % checkpoint_every == 0:
-            if trainer.step_index < total:
-                with atomic_path(partial) as tmp:
-                    torch.save({"fingerprint": fingerprint, "state": trainer.state()}, str(tmp))
+        due = checkpoint_every and trainer.step_index % checkpoint_every == 0
+        if due and trainer.step_index < total:
+            with atomic_path(partial) as tmp:
+                torch.save({"fingerprint": fingerprint, "state": trainer.state()}, str(tmp))
     bar.close()
     return trainer.finish()
 
