@@ -226,9 +226,9 @@ def _family(shapes: dict[str, tuple[int, ...]], path: Path) -> str:
             "not a Stable Diffusion 1.x/2.x checkpoint (no model.diffusion_model UNet weights)",
             path,
         )
-    if SD1_TEXT_KEY in shapes:
+    if SD1_TEXT_KEY in shapes or any(k.startswith(CLIP_PREFIX) for k in shapes):
         return "sd1"
-    if SD2_TEXT_KEY in shapes:
+    if SD2_TEXT_KEY in shapes or any(k.startswith("cond_stage_model.model.") for k in shapes):
         return "sd2"
     raise ModelError(
         "not a Stable Diffusion 1.x/2.x checkpoint (no CLIP or OpenCLIP text encoder weights)",
