@@ -39,6 +39,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     notes: list[str] = field(default_factory=list)  # what a user must be told (printed)
+    #: Sampling resolution override (tests and CPU benchmarks run real-size SD below 512 px).
+    sample_size: int | None = None
 
     @property
     def random_weights(self) -> bool:
@@ -48,6 +50,8 @@ class LoadedModel:
     @property
     def resolution(self) -> int:
         """Side in pixels of the images the UNet was trained for (512 for SD 1.x)."""
+        if self.sample_size:
+            return self.sample_size
         pipe = self.pipe
         return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
 

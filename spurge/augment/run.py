@@ -277,7 +277,7 @@ def augment(
         loaded = lazy.get()
         if settings.uses_tokens:
             load_tokens(loaded, tokens_dir, config)
-        sampler_ = BatchSampler(loaded, negative_prompt=negative_prompt)
+        sampler_ = BatchSampler(loaded, negative_prompt=negative_prompt, batch_size=batch_size)
         last_flush = time.monotonic()
         bar = tqdm(total=len(todo), desc="augment", unit="img", leave=False, disable=not progress)
         try:
