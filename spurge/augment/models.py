@@ -402,8 +402,8 @@ def configure_memory(pipe, attention_slicing: bool = False) -> None:
 
 
 RANDOM_WEIGHTS_NOTE = (
-    "RANDOM WEIGHTS: this real-size Stable Diffusion was built by spurge with random weights "
-    "(for tests and benchmarks); its images are noise"
+    "RANDOM WEIGHTS: this Stable Diffusion was built by spurge with random weights (for tests "
+    "and benchmarks); its images are noise"
 )
 
 
@@ -426,7 +426,7 @@ def _load_pipeline(model: str, torch_dtype: torch.dtype, notes: list[str]):
             str(path),
             config=str(sd15_config_dir()),
             tokenizer=build_clip_tokenizer(),
-            torch_dtype=torch_dtype,
+            dtype=torch_dtype,
             safety_checker=None,
             local_files_only=True,
         )
@@ -438,7 +438,7 @@ def _load_pipeline(model: str, torch_dtype: torch.dtype, notes: list[str]):
         notes.append(f"{folder.name} holds fp16 weights only; upcast to float32 on CPU")
     return StableDiffusionImg2ImgPipeline.from_pretrained(
         str(folder),
-        torch_dtype=torch_dtype,
+        dtype=torch_dtype,
         variant=variant,
         safety_checker=None,
         requires_safety_checker=False,

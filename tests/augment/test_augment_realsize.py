@@ -9,6 +9,7 @@ hub cache under tmp_path, load each through ``load_model`` and sample one image 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -140,19 +141,49 @@ def _one_image(loaded, tile: Path) -> np.ndarray:
     return BatchSampler(loaded, batch_size=1).generate([item])[0]
 
 
+#: Run in a fresh interpreter: huggingface_hub reads HF_HUB_OFFLINE/HF_HUB_CACHE at import.
+HUB_LOAD = """
+import sys
+from spurge.augment.models import RANDOM_WEIGHTS_NOTE, load_model
+loaded = load_model(sys.argv[1], device="cpu")
+assert loaded.model_id == sys.argv[1], loaded.model_id
+assert RANDOM_WEIGHTS_NOTE in loaded.notes, loaded.notes
+print(sum(p.numel() for p in loaded.pipe.unet.parameters()))
+"""
+
+
+def _load_from_hub_cache(cache: Path, repo_id: str) -> int:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    done = subprocess.run([sys.executable, "-c", HUB_LOAD, repo_id], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=1200)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def test_hub_cache_loads_offline_by_repo_id(tmp_path: Path) -> None:
+    from spurge.augment.realsize import save_hub_cache
+
+    pipe = build_tiny_random_pipeline()
+    save_hub_cache(pipe, tmp_path / "hub", "spurge-test/tiny")
+    params = _load_from_hub_cache(tmp_path / "hub", "spurge-test/tiny")
+    assert params == sum(p.numel() for p in pipe.unet.parameters())
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("form", ["folder", "single", "hub"])
+def test_real_size_sd15_loads_from_the_hub_cache_offline(realsize_forms) -> None:
+    params = _load_from_hub_cache(realsize_forms["hub"].parents[2], "spurge-test/sd15-random")
+    assert params > 850e6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["folder", "single"])
 def test_real_size_sd15_loads_from_each_form_offline(
     form: str, realsize_forms: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from PIL import Image
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model = str(realsize_forms[form])
-    if form == "hub":
-        monkeypatch.setenv("HF_HUB_CACHE", str(realsize_forms["hub"].parents[2]))
-        model = "spurge-test/sd15-random"
-    loaded = load_model(model, device="cpu")
+    loaded = load_model(str(realsize_forms[form]), device="cpu")
     assert loaded.dtype == torch.float32
     assert loaded.pipe.unet.dtype == torch.float32
     assert sum(p.numel() for p in loaded.pipe.unet.parameters()) > 850e6
