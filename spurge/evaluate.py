@@ -25,8 +25,8 @@ from spurge.classifier import load_card
 from spurge.config import SpeciesConfig
 from spurge.errors import ManifestError, SpurgeError
 from spurge.io.atomic import atomic_path, ensure_writable_dir, write_text_atomic
-from spurge.io.tiles import manifest_path
 from spurge.io.synthetic import SYNTHETIC_MANIFEST
+from spurge.io.tiles import manifest_path
 from spurge.train import METRICS, load_labelled_tiles, train
 
 #: Methods that need no synthetic store.
