@@ -195,3 +195,16 @@ def test_real_size_sd15_loads_from_each_form_offline(
     Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(tile)
     image = _one_image(loaded, tile)
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+
+
+def test_fp16_only_folder_loads_upcast_on_cpu_and_says_so(tmp_path: Path) -> None:
+    pipe = build_tiny_random_pipeline().to(torch.float16)
+    pipe.save_pretrained(tmp_path / "half", variant="fp16")
+    weights = sorted(p.name for p in (tmp_path / "half" / "unet").glob("*.safetensors"))
+    assert weights == ["diffusion_pytorch_model.fp16.safetensors"]
+    loaded = load_model(str(tmp_path / "half"), device="cpu")
+    assert loaded.pipe.unet.dtype == torch.float32
+    assert any("fp16 weights only; upcast to float32" in n for n in loaded.notes)
+    assert not loaded.random_weights  # not built by realsize: no random-weights claim
+    want = pipe.unet.state_dict()["conv_in.weight"].float()
+    assert torch.equal(loaded.pipe.unet.state_dict()["conv_in.weight"], want)
