@@ -61,11 +61,13 @@ def build_sd15_pipeline(
             text_encoder = CLIPTextModel(CLIPTextConfig(**sd15_component_config("text_encoder")))
     finally:
         torch.random.set_rng_state(state)
+    if dtype != torch.float32:
+        _cast_quietly((unet, vae, text_encoder), dtype)
     pipe = StableDiffusionImg2ImgPipeline(
-        vae=vae.to(dtype),
-        text_encoder=text_encoder.to(dtype),
+        vae=vae,
+        text_encoder=text_encoder,
         tokenizer=build_clip_tokenizer(),
-        unet=unet.to(dtype),
+        unet=unet,
         scheduler=PNDMScheduler.from_config(sd15_component_config("scheduler")),
         safety_checker=None,
         feature_extractor=None,
@@ -73,6 +75,20 @@ def build_sd15_pipeline(
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _cast_quietly(modules, dtype: torch.dtype) -> None:
+    """Cast freshly built modules; diffusers' "modules to keep in float32: []" warning is a
+    false alarm here (SD 1.5's UNet and VAE list none)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        for module in modules:
+            module.to(dtype)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
 
 
 def _marker_text(seed: int) -> str:

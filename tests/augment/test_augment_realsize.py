@@ -124,7 +124,7 @@ def realsize_forms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("sd15")
     # float16 on disk: half the size, and it exercises the fp16-only -> float32 upcast on CPU.
-    pipe = build_sd15_pipeline().to(torch.float16)
+    pipe = build_sd15_pipeline(dtype=torch.float16)
     forms = {
         "folder": save_diffusers_folder(pipe, root / "sd15-folder"),
         "single": save_single_file(pipe, root / "sd15.safetensors"),
