@@ -247,6 +247,19 @@ def tile(
 # --------------------------------------------------------------------------------------------
 
 
+def _batch_size(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    """``auto`` -> None (fitted to the device), else a whole number >= 1."""
+    if str(value).strip().lower() == "auto":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise click.BadParameter(f"{value!r} is neither auto nor a whole number >= 1")
+    return number
+
+
 def _strengths(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in value.split(",") if v.strip())
@@ -328,10 +341,11 @@ def _method_help() -> str:
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(1),
-    default=8,
+    default="auto",
     show_default=True,
-    help="Images per batched UNet call (across tiles).",
+    callback=_batch_size,
+    help="Images per batched UNet call (across tiles): a number, or auto to fit the GPU's "
+    "free memory (halved and retried after an out-of-memory error; 4 on the CPU).",
 )
 @seed_option("Run seed; each image's seed derives from (seed, tile_id, index).")
 @device_option("fp16 on CUDA, float32 on CPU.")

@@ -1,7 +1,9 @@
 """Diffusion augmentation (DA-Fusion and baselines): tokens, generation, synthetic store.
 
-Names are imported on first use, so ``spurge.augment.methods`` (the method registry, read by
-the CLI) loads without torch and diffusers.
+Names are imported on first use (PEP 562), so ``spurge.augment.methods`` (the method
+registry, read by the CLI) loads without torch and diffusers, and ``spurge.augment.models``,
+``generate`` and ``textual_inversion`` work on a GPU machine that has torch, diffusers and
+transformers but not the geospatial stack (benchmarks/gpu_augment_check.py relies on it).
 """
 
 from __future__ import annotations

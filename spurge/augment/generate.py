@@ -15,6 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,10 +23,10 @@ from PIL import Image
 
 from spurge.augment.methods import check_templates, get_method
 from spurge.augment.models import LoadedModel
-from spurge.config import SpeciesConfig
 from spurge.errors import ConfigError, ManifestError, ModelError
-from spurge.io.synthetic import image_relpath
-from spurge.io.tiles import tile_image_path
+
+if TYPE_CHECKING:  # pydantic/geopandas stay out of a GPU check that only samples
+    from spurge.config import SpeciesConfig
 
 DEFAULT_STRENGTHS = (1.0, 0.75, 0.5, 0.25)
 
@@ -36,7 +37,8 @@ class GenerationSettings:
 
     ``method`` names a registered method that makes a synthetic store
     (:mod:`spurge.augment.methods`). ``batch_size`` only groups the work (images are the same
-    for any batch size); ``negative_prompt`` is the unconditional prompt of guidance.
+    for any batch size); ``None`` fits it to the device (:func:`auto_batch_size`) and halves it
+    after a GPU out-of-memory error. ``negative_prompt`` is the unconditional prompt of guidance.
     """
 
     method: str = "da-fusion"
@@ -46,7 +48,7 @@ class GenerationSettings:
     guidance: float = 7.5
     sampler: str = "dpm"
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int | None = None
     negative_prompt: str = ""
 
     def __post_init__(self) -> None:
@@ -54,7 +56,7 @@ class GenerationSettings:
             raise ConfigError(
                 f"method {self.method!r} makes no synthetic images (it is a training baseline)"
             )
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if self.per_tile < 1:
             raise ConfigError(f"per_tile must be >= 1, got {self.per_tile}")
@@ -143,6 +145,9 @@ def plan_images(
     sampler_tag: str | None = None,
 ) -> list[PlanItem]:
     """Every image of the plan, in tile order; ``image_id`` hashes all that determines it."""
+    from spurge.io.synthetic import image_relpath
+    from spurge.io.tiles import tile_image_path
+
     items: list[PlanItem] = []
     n_strengths = len(settings.strengths)
     for row in train_rows.itertuples(index=False):
@@ -222,19 +227,97 @@ class SamplerStats:
     vae_encodes: int = 0
     images: int = 0
     unet_calls: int = 0
+    oom_retries: int = 0  # times an automatic batch size was halved after GPU out-of-memory
     cache: dict = field(default_factory=dict, repr=False)
 
 
-class BatchSampler:
-    """Batched img2img over a loaded pipeline with prompt and source-latent caches."""
+#: Batch size on CPU: memory is rarely the limit there, and larger batches gain little.
+CPU_BATCH_SIZE = 4
+#: Largest automatic batch (larger ones gain nothing measurable on one GPU).
+MAX_AUTO_BATCH = 32
+#: Estimated CUDA peak per image of a batch (UNet with guidance, i.e. 2 samples) at 512 px in
+#: fp16 with SDPA, and the fixed part (one-image VAE decode, workspace). Conservative; scaled
+#: by pixels and by bytes per value. GPU figures: see docs/augment.md.
+CUDA_BYTES_PER_IMAGE = 0.75 * 2**30
+CUDA_FIXED_BYTES = 2.5 * 2**30
+#: Fraction of free memory the automatic batch may plan to use (allocator fragmentation).
+CUDA_HEADROOM = 0.85
 
-    def __init__(self, loaded: LoadedModel, negative_prompt: str = "") -> None:
+
+def auto_batch_size(loaded: LoadedModel, free_bytes: int | None = None) -> int:
+    """Images per batch that fit: on CUDA from free memory and a per-image estimate, else a
+    fixed small number. ``free_bytes`` overrides the measured free memory (what a smaller
+    card would have).
+    """
+    if loaded.device.type != "cuda":
+        return CPU_BATCH_SIZE
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(loaded.device)[0]
+    scale = (loaded.resolution / 512) ** 2 * (torch.finfo(loaded.dtype).bits / 16)
+    usable = free_bytes * CUDA_HEADROOM - CUDA_FIXED_BYTES * scale
+    return int(min(max(usable // (CUDA_BYTES_PER_IMAGE * scale), 1), MAX_AUTO_BATCH))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA (or MPS) out-of-memory error, whatever type the backend raised it as."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+class BatchSampler:
+    """Batched img2img over a loaded pipeline with prompt and source-latent caches.
+
+    ``batch_size=None`` fits the batch automatically (:func:`auto_batch_size`) and halves it
+    after a GPU out-of-memory error; an explicit batch size that runs out of memory is a
+    one-line :class:`ModelError` suggesting a smaller one.
+    """
+
+    def __init__(
+        self, loaded: LoadedModel, negative_prompt: str = "", batch_size: int | None = None
+    ) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         self.loaded = loaded
         self.pipe = loaded.pipe
         self.negative_prompt = negative_prompt
+        self.auto_batch = batch_size is None
+        self.batch_size = batch_size if batch_size is not None else auto_batch_size(loaded)
         self.stats = SamplerStats()
         self._prompts: dict[str, torch.Tensor] = {}
         self._latents: dict[str, torch.Tensor] = {}
+
+    def generate(self, items: list[PlanItem]) -> list[np.ndarray]:
+        """Generate items sharing strength, steps and guidance in chunks of ``batch_size``."""
+        out: list[np.ndarray] = []
+        start = 0
+        while start < len(items):
+            chunk = items[start : start + self.batch_size]
+            try:
+                out += self.generate_batch(chunk)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self._shrink_after_oom(len(chunk), exc)
+                continue
+            start += len(chunk)
+        return out
+
+    def _shrink_after_oom(self, size: int, exc: BaseException) -> None:
+        if self.loaded.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if not self.auto_batch or size == 1:
+            hint = (
+                f"pass a smaller --batch-size (e.g. {size // 2})"
+                if size > 1
+                else "even batch size 1 does not fit: use --attention-slicing or a GPU with more "
+                "free memory"
+            )
+            raise ModelError(
+                f"GPU out of memory at batch size {size}; {hint}", self.loaded.model_id
+            ) from exc
+        self.batch_size = max(1, size // 2)
+        self.stats.oom_retries += 1
 
     def _embed(self, prompt: str) -> torch.Tensor:
         if prompt not in self._prompts:
@@ -262,8 +345,8 @@ class BatchSampler:
         return type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
 
     @torch.no_grad()
-    def generate(self, items: list[PlanItem]) -> list[np.ndarray]:
-        """Generate a batch of items sharing strength, steps and guidance; uint8 HxWx3 each."""
+    def generate_batch(self, items: list[PlanItem]) -> list[np.ndarray]:
+        """Generate one batch sharing strength, steps and guidance; uint8 HxWx3 each."""
         if len({(i.strength, i.steps, i.guidance) for i in items}) != 1:
             raise ModelError("a batch must share strength, steps and guidance")
         first = items[0]

@@ -12,7 +12,7 @@ import gzip
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,10 +38,20 @@ class LoadedModel:
     is_tiny_random: bool
     device: torch.device
     dtype: torch.dtype
+    notes: list[str] = field(default_factory=list)  # what a user must be told (printed)
+    #: Sampling resolution override (tests and CPU benchmarks run real-size SD below 512 px).
+    sample_size: int | None = None
+
+    @property
+    def random_weights(self) -> bool:
+        """True for tiny-random and for real-size models spurge built with random weights."""
+        return self.is_tiny_random or RANDOM_WEIGHTS_NOTE in self.notes
 
     @property
     def resolution(self) -> int:
         """Side in pixels of the images the UNet was trained for (512 for SD 1.x)."""
+        if self.sample_size:
+            return self.sample_size
         pipe = self.pipe
         return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
 
@@ -68,19 +78,14 @@ def clip_tokenizer_files(cache_dir: str | Path | None = None) -> Path:
     builds its vocabulary, so ids match SD's tokenizer ("a drone photo of" -> 49406 320 9397
     1125 539 49407).
     """
-    import open_clip
-    from open_clip.tokenizer import bytes_to_unicode
-
     folder = Path(cache_dir) if cache_dir is not None else _cache_root() / "clip-tokenizer"
     vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
     if vocab_path.is_file() and merges_path.is_file():
         return folder
-    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    if not bpe.is_file():
-        raise ModelError("open_clip's BPE vocabulary is missing; reinstall open_clip_torch", bpe)
+    bpe = _bpe_file()
     lines = gzip.decompress(bpe.read_bytes()).decode("utf-8").split("\n")[1 : _CLIP_MERGES + 1]
     merges = [tuple(line.split()) for line in lines]
-    byte_chars = list(bytes_to_unicode().values())
+    byte_chars = list(_bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,6 +93,45 @@ def clip_tokenizer_files(cache_dir: str | Path | None = None) -> Path:
     merge_text = "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n"
     write_text_atomic(merges_path, merge_text)
     return folder
+
+
+def _bpe_file() -> Path:
+    """open_clip's BPE file: ``$SPURGE_CLIP_BPE`` if set (machines without open_clip), else
+    the one open_clip installs.
+    """
+    override = os.environ.get("SPURGE_CLIP_BPE")
+    if override:
+        bpe = Path(override)
+    else:
+        try:
+            import open_clip
+        except ImportError as exc:
+            raise ModelError(
+                "the CLIP BPE vocabulary needs open_clip_torch, or SPURGE_CLIP_BPE set to "
+                "bpe_simple_vocab_16e6.txt.gz",
+                "open_clip",
+            ) from exc
+        bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    if not bpe.is_file():
+        raise ModelError("CLIP BPE vocabulary is missing; reinstall open_clip_torch", bpe)
+    return bpe
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte -> printable-character table (as in OpenAI's CLIP tokenizer)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars), strict=True))
 
 
 def build_clip_tokenizer(cache_dir: str | Path | None = None):
@@ -291,40 +335,25 @@ def load_model(
     sampler: str = "dpm",
     dtype: torch.dtype | None = None,
     seed: int = 0,
+    attention_slicing: bool = False,
 ) -> LoadedModel:
     """Load an img2img pipeline from a hub id, local folder, single checkpoint or ``tiny-random``.
 
     The sampler replaces the checkpoint's scheduler (keeping its noise schedule). Any failure
-    to load is a one-line :class:`ModelError` naming the model.
+    to load is a one-line :class:`ModelError` naming the model. ``notes`` says what a user
+    must know: random weights, fp16 weights upcast on CPU.
     """
-    from diffusers import StableDiffusionImg2ImgPipeline
-
     if sampler not in SAMPLERS:
         raise ModelError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     torch_device = resolve_device(device)
     torch_dtype = dtype or default_dtype(torch_device)
     model_id, model_hash = describe_model(model)
+    notes: list[str] = []
     if model == TINY_RANDOM:
         pipe = build_tiny_random_pipeline(seed=0, scheduler=sampler)
     else:
-        path = Path(model).expanduser()
         try:
-            if path.is_file():
-                pipe = StableDiffusionImg2ImgPipeline.from_single_file(
-                    str(path),
-                    dtype=torch_dtype,
-                    safety_checker=None,
-                    local_files_only=True,
-                )
-            else:
-                folder = path if path.is_dir() else _hub_snapshot(model)
-                pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
-                    str(folder),
-                    dtype=torch_dtype,
-                    safety_checker=None,
-                    requires_safety_checker=False,
-                    local_files_only=True,
-                )
+            pipe = _load_pipeline(model, torch_dtype, notes)
         except ModelError:
             raise
         except Exception as exc:  # diffusers/hub raise many unrelated types
@@ -344,6 +373,7 @@ def load_model(
             pipe = pipe.to(dtype=torch_dtype)
         finally:
             diffusers_logging.set_verbosity(verbosity)
+    configure_memory(pipe, attention_slicing=attention_slicing)
     return LoadedModel(
         pipe=pipe,
         model_id=model_id,
@@ -351,7 +381,76 @@ def load_model(
         is_tiny_random=model == TINY_RANDOM,
         device=torch_device,
         dtype=torch_dtype,
+        notes=notes,
     )
+
+
+def configure_memory(pipe, attention_slicing: bool = False) -> None:
+    """Memory savers that do not change results: SDPA attention (diffusers' default on torch
+    2), the VAE decoding one image at a time; optionally attention slicing (slower, for
+    cards where even batch 1 does not fit).
+    """
+    vae = pipe.vae
+    if hasattr(vae, "enable_slicing"):
+        vae.enable_slicing()
+    else:  # older diffusers
+        vae.use_slicing = True
+    if attention_slicing:
+        pipe.enable_attention_slicing()
+
+
+RANDOM_WEIGHTS_NOTE = (
+    "RANDOM WEIGHTS: this Stable Diffusion was built by spurge with random weights (for tests "
+    "and benchmarks); its images are noise"
+)
+
+
+def _load_pipeline(model: str, torch_dtype: torch.dtype, notes: list[str]):
+    """The pipeline of a single file, a diffusers folder or a hub id (local files only)."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from spurge.augment import realsize
+    from spurge.augment.single_file import check_single_file, sd15_config_dir
+
+    path = Path(model).expanduser()
+    if path.is_file():
+        info = check_single_file(path)
+        if info.half_only and torch_dtype == torch.float32:
+            notes.append(f"{path.name} holds float16 weights only; upcast to float32 on CPU")
+        if realsize.is_random_single_file(path):
+            notes.append(RANDOM_WEIGHTS_NOTE)
+        # config= the shipped SD 1.x configs and our own tokenizer: nothing is fetched.
+        return StableDiffusionImg2ImgPipeline.from_single_file(
+            str(path),
+            config=str(sd15_config_dir()),
+            tokenizer=build_clip_tokenizer(),
+            dtype=torch_dtype,
+            safety_checker=None,
+            local_files_only=True,
+        )
+    folder = path if path.is_dir() else _hub_snapshot(model)
+    if realsize.is_random_folder(folder):
+        notes.append(RANDOM_WEIGHTS_NOTE)
+    variant = _half_variant(folder)
+    if variant and torch_dtype == torch.float32:
+        notes.append(f"{folder.name} holds fp16 weights only; upcast to float32 on CPU")
+    return StableDiffusionImg2ImgPipeline.from_pretrained(
+        str(folder),
+        dtype=torch_dtype,
+        variant=variant,
+        safety_checker=None,
+        requires_safety_checker=False,
+        local_files_only=True,
+    )
+
+
+def _half_variant(folder: Path) -> str | None:
+    """``"fp16"`` when the folder's UNet has only ``*.fp16.*`` weight files (fp16-only repos)."""
+    unet = folder / "unet"
+    weights = [p.name for p in unet.glob("diffusion_pytorch_model*")] if unet.is_dir() else []
+    if weights and all(".fp16." in name for name in weights):
+        return "fp16"
+    return None
 
 
 def save_pipeline(pipe, folder: str | Path) -> Path:

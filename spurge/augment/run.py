@@ -289,7 +289,9 @@ def generate_missing(
         loaded = run.model.get()
         if run.settings.uses_tokens and tokens.tokens_dir is not None:
             load_tokens(loaded, tokens.tokens_dir, run.config)
-        sampler = BatchSampler(loaded, negative_prompt=run.settings.negative_prompt)
+        sampler = BatchSampler(
+            loaded, negative_prompt=run.settings.negative_prompt, batch_size=run.settings.batch_size
+        )
         bar = tqdm(
             total=len(todo),
             desc="augment",
@@ -298,7 +300,7 @@ def generate_missing(
             disable=None if progress else True,
         )
         try:
-            for batch in batches_by_strength(todo, run.settings.batch_size):
+            for batch in batches_by_strength(todo, sampler.batch_size):
                 images = sampler.generate(batch)
                 scores = _filter_scores(clip, run.config, batch, images)
                 for item, image, score in zip(batch, images, scores, strict=True):

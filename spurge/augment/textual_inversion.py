@@ -14,6 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,11 +22,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from spurge.augment.models import LazyModel, LoadedModel
-from spurge.config import SpeciesConfig
 from spurge.errors import ManifestError, ModelError
 from spurge.io.atomic import atomic_path, ensure_writable_dir, sha256_file
-from spurge.io.sources import check_tiles_config
-from spurge.io.tiles import read_tile_manifest, tile_image_path
+
+if TYPE_CHECKING:  # pydantic/geopandas stay out of a GPU check that only trains steps
+    from spurge.config import SpeciesConfig
 
 TOKENS_DIR = "tokens"
 
@@ -108,6 +109,9 @@ def token_path(tokens_dir: str | Path, class_name: str) -> Path:
 
 def labelled_train_tiles(tiles_dir: str | Path, config: SpeciesConfig):
     """Labelled ``train``-split rows of the tile manifest, checked for every class."""
+    from spurge.io.sources import check_tiles_config
+    from spurge.io.tiles import read_tile_manifest
+
     check_tiles_config(tiles_dir, config)
     tiles = read_tile_manifest(tiles_dir)
     manifest = Path(tiles_dir)
@@ -129,6 +133,8 @@ def labelled_train_tiles(tiles_dir: str | Path, config: SpeciesConfig):
 
 
 def _tile_hashes(tiles_dir: str | Path, rows) -> list[str]:
+    from spurge.io.tiles import tile_image_path
+
     return [sha256_file(tile_image_path(tiles_dir, p)) for p in rows["path"]]
 
 
@@ -166,6 +172,8 @@ def _read_metadata(path: Path) -> dict[str, str]:
 
 def _load_images(tiles_dir: str | Path, rows, resolution: int) -> torch.Tensor:
     """Tiles as a [-1, 1] float tensor at the model's resolution, plus horizontal flips."""
+    from spurge.io.tiles import tile_image_path
+
     arrays = []
     for rel in rows["path"]:
         path = tile_image_path(tiles_dir, rel)
@@ -196,89 +204,187 @@ def _add_placeholder_tokens(tokenizer, text_encoder, token: str, initializer: st
     return ids
 
 
-def _train_one(
-    loaded: LoadedModel,
-    images: torch.Tensor,
-    token: str,
-    initializer: str,
-    captions: list[str],
-    settings: TokenSettings,
-    progress: bool,
-) -> torch.Tensor:
-    """Learn ``settings.num_vectors`` embedding rows for one token; returns them (float32)."""
-    from diffusers import DDPMScheduler
+class TokenTrainer:
+    """Learns ``settings.num_vectors`` embedding rows for one token, one step at a time.
 
-    pipe = loaded.pipe
-    device = loaded.device
-    # Train on copies so the pipeline stays pristine for loading token files afterwards.
-    tokenizer = copy.deepcopy(pipe.tokenizer)
-    text_encoder = copy.deepcopy(pipe.text_encoder).to(device, torch.float32)
-    ids = _add_placeholder_tokens(tokenizer, text_encoder, token, initializer, settings.num_vectors)
-    text_encoder.requires_grad_(False)
-    embeddings = text_encoder.get_input_embeddings()
-    embeddings.weight.requires_grad_(True)
-    original = embeddings.weight.detach().clone()
-    keep = torch.ones(len(tokenizer), dtype=torch.bool, device=device)
-    keep[ids] = False
+    Only the new rows learn (text encoder, UNet and VAE frozen). ``state()`` /
+    ``load_state()`` capture everything the next step depends on (the rows, their AdamW
+    moments, both random generators, the step), so training interrupted and resumed from a
+    checkpoint ends with exactly the rows an uninterrupted run learns. ``gradient_checkpointing``
+    trades UNet recomputation for activation memory (real-size SD on a 12 GB card).
+    """
 
-    unet, vae = pipe.unet, pipe.vae
-    unet.requires_grad_(False)
-    vae.requires_grad_(False)
-    noise_scheduler = DDPMScheduler(
-        **{
-            k: pipe.scheduler.config[k]
-            for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
-        }
-    )
-    prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        images: torch.Tensor,
+        token: str,
+        initializer: str,
+        captions: list[str],
+        settings: TokenSettings,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        pipe, device = loaded.pipe, loaded.device
+        self.loaded, self.settings, self.step_index = loaded, settings, 0
+        # Train on copies so the pipeline stays pristine for loading token files afterwards.
+        tokenizer = copy.deepcopy(pipe.tokenizer)
+        self.text_encoder = copy.deepcopy(pipe.text_encoder).to(device, torch.float32)
+        n = settings.num_vectors
+        self.ids = _add_placeholder_tokens(tokenizer, self.text_encoder, token, initializer, n)
+        self.text_encoder.requires_grad_(False)
+        self.embeddings = self.text_encoder.get_input_embeddings()
+        self.embeddings.weight.requires_grad_(True)
+        self.original = self.embeddings.weight.detach().clone()
+        self.keep = torch.ones(len(tokenizer), dtype=torch.bool, device=device)
+        self.keep[self.ids] = False
+        self.unet = pipe.unet
+        self.unet.requires_grad_(False)
+        pipe.vae.requires_grad_(False)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.gradient_checkpointing = gradient_checkpointing
+        self._setup_noise(pipe)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.rng = np.random.default_rng(settings.seed)
+        expanded = " ".join([token] + [f"{token}_{i}" for i in range(1, n)])
+        self.caption_ids = tokenizer(
+            [c.replace(token, expanded) for c in captions],
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+        self._encode(images)
+        self.optimizer = torch.optim.AdamW(
+            [self.embeddings.weight], lr=settings.effective_lr, weight_decay=1e-2
+        )
 
-    generator = torch.Generator().manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-    expanded = " ".join([token] + [f"{token}_{i}" for i in range(1, settings.num_vectors)])
-    caption_ids = tokenizer(
-        [c.replace(token, expanded) for c in captions],
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(device)
+    def _setup_noise(self, pipe) -> None:
+        from diffusers import DDPMScheduler
 
-    with torch.no_grad():  # each tile goes through the VAE once; steps sample its posterior
-        moments = []
+        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
+        self.noise_scheduler = DDPMScheduler(**{k: pipe.scheduler.config[k] for k in keys})
+        self.prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+
+    @torch.no_grad()
+    def _encode(self, images: torch.Tensor) -> None:
+        """Each tile goes through the VAE once; steps sample its posterior."""
+        vae, moments = self.loaded.pipe.vae, []
         for chunk in images.split(8):
-            dist = vae.encode(chunk.to(device, loaded.dtype)).latent_dist
+            dist = vae.encode(chunk.to(self.loaded.device, self.loaded.dtype)).latent_dist
             moments.append((dist.mean.float(), dist.std.float()))
-        means = torch.cat([m for m, _ in moments])
-        stds = torch.cat([s for _, s in moments])
-    scaling = float(vae.config.scaling_factor)
+        self.means = torch.cat([m for m, _ in moments])
+        self.stds = torch.cat([s for _, s in moments])
+        self.scaling = float(vae.config.scaling_factor)
 
-    optimizer = torch.optim.AdamW([embeddings.weight], lr=settings.effective_lr, weight_decay=1e-2)
-    steps = tqdm(range(settings.steps), desc=f"token {token}", leave=False, disable=not progress)
-    for _ in steps:
-        pick = torch.from_numpy(rng.integers(0, len(means), settings.batch_size))
-        eps = torch.randn(means[pick].shape, generator=generator)
-        latents = ((means[pick] + stds[pick] * eps.to(device)) * scaling).to(loaded.dtype)
-        noise = torch.randn(latents.shape, generator=generator).to(device, loaded.dtype)
+    def step(self) -> float:
+        """One optimisation step; returns its loss."""
+        device, dtype, gen = self.loaded.device, self.loaded.dtype, self.generator
+        pick = torch.from_numpy(self.rng.integers(0, len(self.means), self.settings.batch_size))
+        eps = torch.randn(self.means[pick].shape, generator=gen)
+        latents = ((self.means[pick] + self.stds[pick] * eps.to(device)) * self.scaling).to(dtype)
+        noise = torch.randn(latents.shape, generator=gen).to(device, dtype)
         timesteps = torch.randint(
-            0, noise_scheduler.config.num_train_timesteps, (len(pick),), generator=generator
+            0, self.noise_scheduler.config.num_train_timesteps, (len(pick),), generator=gen
         ).to(device)
-        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        cap = caption_ids[torch.from_numpy(rng.integers(0, len(caption_ids), len(pick)))]
-        hidden = text_encoder(cap)[0].to(loaded.dtype)
-        pred = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        rows = torch.from_numpy(self.rng.integers(0, len(self.caption_ids), len(pick)))
+        hidden = self.text_encoder(self.caption_ids[rows])[0].to(dtype)
+        if self.gradient_checkpointing:
+            self.unet.train()  # diffusers checkpoints only in training mode
+        pred = self.unet(noisy, timesteps, encoder_hidden_states=hidden).sample
         target = (
             noise
-            if prediction_type == "epsilon"
-            else noise_scheduler.get_velocity(latents, noise, timesteps)
+            if self.prediction_type == "epsilon"
+            else self.noise_scheduler.get_velocity(latents, noise, timesteps)
         )
         loss = torch.nn.functional.mse_loss(pred.float(), target.float())
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        self.optimizer.step()
         with torch.no_grad():  # only the new rows learn; undo weight decay elsewhere
-            embeddings.weight[keep] = original[keep]
-        steps.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    return embeddings.weight[ids].detach().float().cpu().clone()
+            self.embeddings.weight[self.keep] = self.original[self.keep]
+        self.step_index += 1
+        return float(loss.item())
+
+    def finish(self) -> torch.Tensor:
+        """The learned rows (float32, CPU); leaves the shared UNet as it found it."""
+        if self.gradient_checkpointing:
+            self.unet.disable_gradient_checkpointing()
+        self.unet.eval()
+        return self.embeddings.weight[self.ids].detach().float().cpu().clone()
+
+    def state(self) -> dict:
+        """What the next step depends on. Only the new rows' AdamW moments are kept: other
+        rows are reset after every step, and Adam is element-wise.
+        """
+        opt = self.optimizer.state[self.embeddings.weight]
+        return {
+            "step": self.step_index,
+            "rows": self.embeddings.weight[self.ids].detach().cpu().clone(),
+            "adam_step": opt["step"].detach().cpu().clone(),
+            "exp_avg": opt["exp_avg"][self.ids].detach().cpu().clone(),
+            "exp_avg_sq": opt["exp_avg_sq"][self.ids].detach().cpu().clone(),
+            "generator": self.generator.get_state(),
+            "rng": json.dumps(self.rng.bit_generator.state),
+        }
+
+    def load_state(self, state: dict) -> None:
+        weight, device = self.embeddings.weight, self.loaded.device
+        with torch.no_grad():
+            weight[self.ids] = state["rows"].to(device)
+        exp_avg, exp_avg_sq = torch.zeros_like(weight), torch.zeros_like(weight)
+        exp_avg[self.ids] = state["exp_avg"].to(device)
+        exp_avg_sq[self.ids] = state["exp_avg_sq"].to(device)
+        self.optimizer.state[weight] = {
+            "step": state["adam_step"].clone(),
+            "exp_avg": exp_avg,
+            "exp_avg_sq": exp_avg_sq,
+        }
+        self.generator.set_state(state["generator"])
+        self.rng.bit_generator.state = json.loads(state["rng"])
+        self.step_index = int(state["step"])
+
+
+def checkpoint_path(token_file: Path) -> Path:
+    """Where an interrupted class token's training state waits (next to its token file)."""
+    return token_file.with_name(f".{token_file.stem}.partial.pt")
+
+
+def _train_one(
+    trainer: TokenTrainer,
+    token_file: Path,
+    fingerprint: str,
+    checkpoint_every: int,
+    progress: bool,
+) -> torch.Tensor:
+    """Run a trainer to ``settings.steps``, resuming from and saving to its checkpoint."""
+    partial = checkpoint_path(token_file)
+    if partial.is_file():
+        try:
+            saved = torch.load(str(partial), map_location="cpu", weights_only=True)
+        except Exception:  # a torn or foreign checkpoint: start afresh
+            saved = None
+        if saved is not None and saved.get("fingerprint") == fingerprint:
+            trainer.load_state(saved["state"])
+    total = trainer.settings.steps
+    bar = tqdm(
+        total=total,
+        initial=trainer.step_index,
+        desc=f"token {token_file.stem}",
+        leave=False,
+        disable=not progress,
+    )
+    while trainer.step_index < total:
+        loss = trainer.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        due = checkpoint_every and trainer.step_index % checkpoint_every == 0
+        if due and trainer.step_index < total:
+            with atomic_path(partial) as tmp:
+                torch.save({"fingerprint": fingerprint, "state": trainer.state()}, str(tmp))
+    bar.close()
+    return trainer.finish()
 
 
 def train_tokens(
@@ -290,11 +396,15 @@ def train_tokens(
     device: str | None = "auto",
     progress: bool = True,
     force: bool = False,
+    gradient_checkpointing: bool = False,
+    checkpoint_every: int = 100,
 ) -> TokenResult:
     """Learn ``<class>`` tokens on the labelled train tiles; write ``out_dir/tokens/*.safetensors``.
 
     A token file whose recorded fingerprint (tiles, settings, model, initializer) matches is
-    re-used without loading the model; ``force`` retrains anyway.
+    re-used without loading the model; ``force`` retrains anyway. Training saves its state
+    every ``checkpoint_every`` steps; an interrupted run resumes from it (same fingerprint
+    only) and ends with the rows an uninterrupted run learns.
     """
     from safetensors.torch import save_file
 
@@ -327,10 +437,15 @@ def train_tokens(
         if not force and path.is_file() and _read_metadata(path).get("fingerprint") == fingerprint:
             result.tokens[spec.name] = TokenFile(spec.name, token, path, sha256_file(path), False)
             continue
+        if force:
+            checkpoint_path(path).unlink(missing_ok=True)
         loaded = model if isinstance(model, LoadedModel) else model.get()
         images = _load_images(tiles_dir, rows, loaded.resolution)
         captions = [t.format(token=token) for t in templates]
-        vectors = _train_one(loaded, images, token, spec.initializer, captions, settings, progress)
+        trainer = TokenTrainer(
+            loaded, images, token, spec.initializer, captions, settings, gradient_checkpointing
+        )
+        vectors = _train_one(trainer, path, fingerprint, checkpoint_every, progress)
         metadata = {
             "fingerprint": fingerprint,
             "class": spec.name,
@@ -343,6 +458,7 @@ def train_tokens(
         }
         with atomic_path(path) as tmp:
             save_file({token: vectors.contiguous()}, str(tmp), metadata=metadata)
+        checkpoint_path(path).unlink(missing_ok=True)
         result.tokens[spec.name] = TokenFile(spec.name, token, path, sha256_file(path), True)
     return result
 
