@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 import warnings
@@ -20,11 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import geopandas as gpd
 import numpy as np
-from rasterio import features
-from scipy import ndimage
-from shapely.geometry import Point, shape
 from tqdm import tqdm
 
 from spurge import __version__
@@ -46,14 +43,9 @@ from spurge.mapping.predict import (
     predict_block,
     read_block,
 )
-from spurge.mapping.writers import (
-    NODATA,
-    probability_palette,
-    write_cog,
-    write_html,
-    write_qml,
-    write_vectors,
-)
+from spurge.mapping.provenance import make_provenance
+from spurge.mapping.vectors import normalized_entropy
+from spurge.mapping.writers import NODATA, MapArrays, OrthoSource, write_products
 
 CHECKPOINT_PREFIX = ".spurge-map-"
 BLENDS = ("mean", "gaussian")
@@ -81,6 +73,8 @@ class OrthoMap:
     #: Wall time spent on windows (read, classify, blend) and on the whole ortho.
     seconds_windows: float = 0.0
     seconds_total: float = 0.0
+    #: Things the user should know about the products (e.g. the page shows a shrunk ortho).
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -104,14 +98,16 @@ class MapResult:
                 f"({m.skipped} skipped as nodata) in {m.blocks} blocks{resumed} -> "
                 f"{m.grid.cols}x{m.grid.rows} cells of {m.grid.stride_x}x{m.grid.stride_y} px, "
                 f"{m.polygons} presence polygon(s) covering {m.presence_area_m2:.1f} m²"
+                + "".join(f" (note: {n})" for n in m.notes)
             )
         return (
             f"Mapped {len(self.maps)} orthomosaic(s) into {self.out_dir} ({self.workers}; "
             f"presence where probability >= {self.threshold:.2f}): " + "; ".join(parts) + ". "
             "Each has <name>_prob.tif (COG, 0-100 %, 255 nodata), <name>_presence.tif, "
-            "<name>_uncertainty.tif, <name>.geojson and <name>.gpkg (presence polygons and "
-            "'survey next' points), <name>_prob.qml (QGIS style, applied on loading) and "
-            "<name>.html (offline map)."
+            "<name>_uncertainty.tif (0-100 %), each with a QGIS style (.qml, applied on "
+            "loading); <name>.gpkg (presence polygons and 'survey next' points, styled), "
+            "<name>_presence.geojson, <name>_survey.geojson, <name>_survey.gpx (waypoints "
+            "spurge-01...) and <name>.html (offline map over the orthomosaic)."
         )
 
 
@@ -120,10 +116,14 @@ def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
         "prob": out_dir / f"{name}_prob.tif",
         "presence": out_dir / f"{name}_presence.tif",
         "uncertainty": out_dir / f"{name}_uncertainty.tif",
-        "geojson": out_dir / f"{name}.geojson",
+        "geojson_presence": out_dir / f"{name}_presence.geojson",
+        "geojson_survey": out_dir / f"{name}_survey.geojson",
+        "gpx": out_dir / f"{name}_survey.gpx",
         "gpkg": out_dir / f"{name}.gpkg",
-        # Named after the raster it styles: QGIS applies <raster>.qml by itself on loading.
+        # Named after the raster each styles: QGIS applies <raster>.qml by itself on loading.
         "qml": out_dir / f"{name}_prob.qml",
+        "qml_presence": out_dir / f"{name}_presence.qml",
+        "qml_uncertainty": out_dir / f"{name}_uncertainty.qml",
         "html": out_dir / f"{name}.html",
         "record": out_dir / f"{name}.map.json",
     }
@@ -385,7 +385,8 @@ def _map_one(
             "nodata; nothing to map (check the nodata value or alpha band)",
             ortho,
         )
-    _write_outputs(result, card, sums, weights, crs, settings, fingerprint)
+    ortho_source = OrthoSource(ortho, scaling, card.species_config().alpha_band)
+    _write_outputs(result, card, sums, weights, crs, settings, fingerprint, ortho_source)
     shutil.rmtree(checkpoint, ignore_errors=True)
     result.seconds_total = time.perf_counter() - start_total
     return result
@@ -487,82 +488,6 @@ def blend_outputs(
     return np.where(valid, p_pos, np.nan), prob_pct, classes, uncertainty
 
 
-def presence_polygons(
-    prob01: np.ndarray, threshold: float, transform: Any, crs: Any, class_name: str
-) -> gpd.GeoDataFrame:
-    """Dissolved polygons of 4-connected presence cells with area (m², projected) and mean p."""
-    presence = np.nan_to_num(prob01, nan=0.0) >= threshold
-    labels, count = ndimage.label(presence)
-    rows = []
-    if count:
-        means = ndimage.mean(np.nan_to_num(prob01), labels, index=np.arange(1, count + 1))
-        for geom, value in features.shapes(
-            labels.astype(np.int32), mask=presence, transform=transform, connectivity=4
-        ):
-            rows.append(
-                {
-                    "class": class_name,
-                    "mean_prob": round(float(means[int(value) - 1]), 4),
-                    "geometry": shape(geom),
-                }
-            )
-    gdf = gpd.GeoDataFrame(
-        rows, columns=["class", "mean_prob", "geometry"], geometry="geometry", crs=crs
-    )
-    gdf.insert(1, "area_m2", _areas_m2(gdf))
-    return gdf
-
-
-def _areas_m2(gdf: gpd.GeoDataFrame) -> list[float]:
-    if not len(gdf):
-        return []
-    if gdf.crs.is_geographic:
-        areas = gdf.to_crs(gdf.estimate_utm_crs()).area
-    else:
-        areas = gdf.area * gdf.crs.axis_info[0].unit_conversion_factor ** 2
-    return [round(float(a), 3) for a in areas]
-
-
-def survey_next(
-    uncertainty: np.ndarray,
-    prob01: np.ndarray,
-    transform: Any,
-    crs: Any,
-    n: int,
-    min_separation: int,
-) -> gpd.GeoDataFrame:
-    """The ``n`` most uncertain cells, at least ``min_separation`` cells apart (so the field
-    crew visits different places), as points at cell centres named "survey next"."""
-    order = np.lexsort((np.arange(uncertainty.size), -uncertainty.ravel().astype(int)))
-    chosen: list[tuple[int, int]] = []
-    for flat in order:
-        if len(chosen) >= n:
-            break
-        r, c = divmod(int(flat), uncertainty.shape[1])
-        if uncertainty[r, c] == NODATA:
-            continue
-        if all(max(abs(r - r2), abs(c - c2)) >= min_separation for r2, c2 in chosen):
-            chosen.append((r, c))
-    rows = []
-    for rank, (r, c) in enumerate(chosen, start=1):
-        x, y = transform @ (c + 0.5, r + 0.5)
-        rows.append(
-            {
-                "class": "survey next",
-                "rank": rank,
-                "uncertainty": round(uncertainty[r, c] / 100, 2),
-                "mean_prob": round(float(prob01[r, c]), 4),
-                "geometry": Point(x, y),
-            }
-        )
-    return gpd.GeoDataFrame(
-        rows,
-        columns=["class", "rank", "uncertainty", "mean_prob", "geometry"],
-        geometry="geometry",
-        crs=crs,
-    )
-
-
 def _write_outputs(
     result: OrthoMap,
     card: ModelCard,
@@ -571,71 +496,48 @@ def _write_outputs(
     crs: Any,
     settings: dict[str, Any],
     fingerprint: str,
+    ortho_source: OrthoSource,
 ) -> None:
     grid, paths, threshold = result.grid, result.outputs, settings["threshold"]
-    transform = grid.cell_transform
     prob01, prob_pct, classes, uncertainty = blend_outputs(
         sums, weights, card.positive_index, threshold
     )
-    tags = {
-        "spurge_model": card.backbone,
-        "spurge_threshold": str(threshold),
-        "spurge_blend": settings["blend"],
-    }
-    write_cog(
-        paths["prob"],
+    arrays = MapArrays(
+        prob01,
         prob_pct,
-        transform,
-        crs,
-        colormap=probability_palette(),
-        description=f"P({card.positive_class}) %",
-        tags=tags,
-    )
-    class_tags = {**tags, **{f"class_{i}": n for i, n in enumerate(card.class_names)}}
-    write_cog(
-        paths["presence"],
         classes,
-        transform,
-        crs,
-        description="class index",
-        tags=class_tags,
-        overview_resampling="mode",
-    )
-    write_cog(
-        paths["uncertainty"],
+        normalized_entropy(sums, weights),
         uncertainty,
-        transform,
+        grid.cell_transform,
         crs,
-        description="entropy of blended prediction, % of max",
-        tags=tags,
-        overview_resampling="average",
     )
-    polygons = presence_polygons(prob01, threshold, transform, crs, card.positive_class)
-    span = max(1, grid.window_w // grid.stride_x)
-    points = survey_next(uncertainty, prob01, transform, crs, settings["survey_points"], span)
-    write_vectors(paths["geojson"], paths["gpkg"], polygons, points)
-    write_qml(paths["qml"], f"{result.ortho.stem}: P({card.positive_class})", threshold)
-    write_html(
-        paths["html"],
-        f"spurge map: {result.ortho.stem}",
-        prob_pct,
-        transform,
-        crs,
-        polygons,
-        points,
+    provenance = make_provenance(card, result.ortho, crs)
+    info = write_products(
+        paths,
+        arrays,
+        card,
         threshold,
+        provenance,
+        ortho_source,
+        survey_points=settings["survey_points"],
+        min_separation=max(1, grid.window_w // grid.stride_x),
+        extra_tags={"spurge_model": card.backbone, "spurge_blend": settings["blend"]},
     )
-    result.polygons = len(polygons)
-    result.presence_area_m2 = float(polygons["area_m2"].sum()) if len(polygons) else 0.0
+    result.polygons, result.presence_area_m2 = info.polygons, info.presence_area_m2
+    result.notes = info.notes
     record = {
         "fingerprint": fingerprint,
-        "ortho": str(result.ortho),
+        # Paths relative to the map folder, so the folder can be moved or shared whole.
+        "ortho": os.path.relpath(result.ortho.resolve(), paths["record"].parent.resolve()),
+        "provenance": provenance.as_dict(),
+        "crs": provenance.crs,
         "model": card.backbone,
         "weights_sha256": card.weights_sha256,
         "grid": grid.to_dict(),
         "settings": settings,
         "windows": result.windows,
         "skipped_windows": result.skipped,
+        "notes": result.notes,
         "outputs": {
             k: {"path": p.name, "sha256": sha256_file(p)} for k, p in paths.items() if k != "record"
         },
