@@ -701,15 +701,17 @@ def map_(
     survey_points: int,
     gsd_policy: str,
 ) -> None:
-    """Predict presence over whole orthomosaics: COG, GeoJSON, GeoPackage, HTML, QGIS style.
+    """Predict presence over whole orthomosaics: COG, GeoPackage, GeoJSON, GPX, HTML, QGIS styles.
 
     Slides the model's tile window over each ORTHO (same band selection and 8-bit scaling
     as `spurge tile`), blends overlapping windows into a grid of one cell per stride aligned
     with the ortho's pixels, and writes into --out, for ORTHO site.tif: site_prob.tif
     (Cloud-Optimized GeoTIFF, 0-100 %, 255 = nodata), site_presence.tif (class index),
-    site_uncertainty.tif (entropy), site.geojson (WGS84) and site.gpkg (native CRS) with
-    presence polygons and 'survey next' points, site_prob.qml (QGIS style) and site.html
-    (self-contained offline map). Interrupted runs resume from finished blocks.
+    site_uncertainty.tif (entropy, 0-100 %), each with a QGIS style (.qml); site.gpkg
+    (native CRS, styled) with presence polygons and 'survey next' points, the same as
+    site_presence.geojson and site_survey.geojson (WGS84), site_survey.gpx (waypoints
+    spurge-01...) and site.html (offline map over the orthomosaic). Interrupted runs resume
+    from finished blocks.
     """
     import warnings
 

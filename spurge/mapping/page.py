@@ -96,16 +96,18 @@ def _to_mercator(
     count, height, width = bands.shape
     left, top = transform @ (0, 0)
     right, bottom = transform @ (width, height)
-    dst_transform, dst_w, dst_h = calculate_default_transform(
-        crs,
-        WEB_MERCATOR,
-        max(1, round(width * scale)),
-        max(1, round(height * scale)),
-        left=min(left, right),
-        bottom=min(top, bottom),
-        right=max(left, right),
-        top=max(top, bottom),
+    edges = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+    # Resolution from GDAL's estimate; extent from the densified source edges grown by one
+    # pixel, so no source corner falls outside the image.
+    estimate, _, _ = calculate_default_transform(
+        crs, WEB_MERCATOR, max(1, round(width * scale)), max(1, round(height * scale)), *edges
     )
+    res = abs(estimate.a)
+    west, south, east, north = transform_bounds(crs, WEB_MERCATOR, *edges, densify_pts=101)
+    west, north = math.floor(west / res - 1) * res, math.ceil(north / res + 1) * res
+    dst_w = max(1, math.ceil((east - west) / res + 1))
+    dst_h = max(1, math.ceil((north - south) / res + 1))
+    dst_transform = Affine(res, 0, west, 0, -res, north)
     warped = np.full((count, dst_h, dst_w), fill, dtype=np.uint8)
     reproject(
         bands,
@@ -337,9 +339,7 @@ def write_html(
     png, bounds = overlay_png(prob, transform, crs)
     webp, ortho_bounds, info = ortho_preview(ortho)
     centre = ((bounds[0][0] + bounds[1][0]) / 2, (bounds[0][1] + bounds[1][1]) / 2)
-    fmap = folium.Map(
-        location=centre, zoom_start=18, tiles=None, max_zoom=24, zoom_snap=0.25
-    )
+    fmap = folium.Map(location=centre, zoom_start=18, tiles=None, max_zoom=24, zoom_snap=0.25)
     _add_basemaps(fmap, folium)
     folium.raster_layers.ImageOverlay(
         image=_data_url("image/webp", webp),
@@ -360,7 +360,7 @@ def write_html(
     _add_polygons(fmap, folium, polygons)
     _add_points(fmap, folium, points, provenance)
     _add_controls(fmap, folium)
-    fmap.fit_bounds([list(bounds[0]), list(bounds[1])])
+    fmap.fit_bounds([list(bounds[0]), list(bounds[1])], padding=(16, 16))
     root = fmap.get_root()
     root.html.add_child(Element(legend_html(threshold_pct, provenance)))
     root.header.add_child(Element(f"<title>{html.escape(title)}</title>"))

@@ -54,10 +54,12 @@ __all__ = [
 ]
 
 
-def _cog_blocksize(width: int, height: int) -> int:
-    """Internal tile size: 512 for big maps, smaller for small ones so overviews still exist."""
+def _cog_layout(width: int, height: int) -> tuple[int, int]:
+    """(internal tile size, overview levels): GDAL's COG driver wants tiles of >= 128 px;
+    overviews halve down to about 64 px, and even a tiny map gets one level."""
     side = max(width, height)
-    return int(min(512, max(16, 2 ** math.floor(math.log2(max(side, 2) / 2)))))
+    blocksize = 512 if side >= 2048 else 256
+    return blocksize, max(1, math.ceil(math.log2(max(side, 2) / 64)))
 
 
 def write_cog(
@@ -78,6 +80,7 @@ def write_cog(
     The array is a map of cells (ortho pixels / stride**2), never the ortho itself.
     """
     height, width = data.shape
+    blocksize, levels = _cog_layout(width, height)
     profile = {
         "driver": "GTiff",
         "width": width,
@@ -105,7 +108,8 @@ def write_cog(
                     driver="COG",
                     COMPRESS="DEFLATE",
                     PREDICTOR="YES",
-                    BLOCKSIZE=_cog_blocksize(width, height),
+                    BLOCKSIZE=blocksize,
+                    OVERVIEW_COUNT=levels,
                     OVERVIEW_RESAMPLING=overview_resampling.upper(),
                     NUM_THREADS="1",
                 )

@@ -28,15 +28,21 @@ def raster_info(layer):
     info = {
         "valid": layer.isValid(),
         "crs": layer.crs().authid(),
-        "extent": [layer.extent().xMinimum(), layer.extent().yMinimum(),
-                   layer.extent().xMaximum(), layer.extent().yMaximum()],
+        "extent": [
+            layer.extent().xMinimum(),
+            layer.extent().yMinimum(),
+            layer.extent().xMaximum(),
+            layer.extent().yMaximum(),
+        ],
         "renderer": renderer.type() if renderer else None,
         "opacity": renderer.opacity() if renderer else None,
     }
     if renderer and renderer.type() == "singlebandpseudocolor":
         shader = renderer.shader().rasterShaderFunction()
-        info["ramp"] = [[i.value, i.color.red(), i.color.green(), i.color.blue(), i.color.alpha()]
-                        for i in shader.colorRampItemList()]
+        info["ramp"] = [
+            [i.value, i.color.red(), i.color.green(), i.color.blue(), i.color.alpha()]
+            for i in shader.colorRampItemList()
+        ]
     if renderer and renderer.type() == "paletted":
         info["classes"] = [[c.value, c.label, c.color.alpha()] for c in renderer.classes()]
     return info
@@ -73,7 +79,9 @@ def main():
         layers[kind] = layer
         out["rasters"][kind] = raster_info(layer)
     for layer_name in ["presence", "survey_next"]:
-        layer = QgsVectorLayer(f"{folder / (name + '.gpkg')}|layername={layer_name}", layer_name, "ogr")
+        layer = QgsVectorLayer(
+            f"{folder / (name + '.gpkg')}|layername={layer_name}", layer_name, "ogr"
+        )
         layers[layer_name] = layer
         out["vectors"][layer_name] = vector_info(layer)
     for stem in ["presence", "survey"]:
@@ -94,8 +102,12 @@ def main():
     job.start()
     job.waitForFinished()
     job.renderedImage().save(render_path, "PNG")
-    out["render_extent"] = [settings.visibleExtent().xMinimum(), settings.visibleExtent().yMinimum(),
-                            settings.visibleExtent().xMaximum(), settings.visibleExtent().yMaximum()]
+    out["render_extent"] = [
+        settings.visibleExtent().xMinimum(),
+        settings.visibleExtent().yMinimum(),
+        settings.visibleExtent().xMaximum(),
+        settings.visibleExtent().yMaximum(),
+    ]
     # The styled vectors over the rasters: a second render for eyes (and outline pixels).
     settings.setLayers([layers["survey_next"], layers["presence"], prob])
     job = QgsMapRendererSequentialJob(settings)
