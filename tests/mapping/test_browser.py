@@ -53,8 +53,9 @@ PROBE = """
   var m = %(map)s, hide = %(hide)s, points = %(points)s;
   m.eachLayer(function (l) {
     var url = l._url || "";
-    if ((l instanceof L.ImageOverlay && hide.indexOf("prob") >= 0 && url.indexOf("data:image/png") === 0)
-        || (l instanceof L.ImageOverlay && hide.indexOf("ortho") >= 0 && url.indexOf("data:image/webp") === 0)
+    var image = l instanceof L.ImageOverlay;
+    if ((image && hide.indexOf("prob") >= 0 && url.indexOf("data:image/png") === 0)
+        || (image && hide.indexOf("ortho") >= 0 && url.indexOf("data:image/webp") === 0)
         || (l instanceof L.Path && hide.indexOf("vectors") >= 0)) { m.removeLayer(l); }
   });
   if (hide.indexOf("controls") >= 0) {
@@ -221,7 +222,7 @@ def test_overlay_bounds_cover_the_cog_and_no_more_than_a_pixel_of_margin(mapped,
 
 def test_orthomosaic_is_visible_offline(mapped, tmp_path):
     """With only the ortho layer shown, the page's colours are the ortho's (8-bit scaled)."""
-    page, cog, ortho = mapped
+    page, _, ortho = mapped
     with rasterio.open(ortho) as src:
         rgb = src.read([1, 2, 3]).astype(float)
         to_wgs84 = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True)
@@ -256,7 +257,7 @@ def test_controls_fit_a_laptop_and_a_phone(mapped, tmp_path):
     info, _ = probed(page, tmp_path, [])
     left, top, right, bottom = info["scale"]
     legend = info["legend"]
-    assert 0 <= left and right <= WINDOW[0] and 0 <= top and bottom <= WINDOW[1]
+    assert left >= 0 and right <= WINDOW[0] and top >= 0 and bottom <= WINDOW[1]
     overlap = not (
         right <= legend[0] or legend[2] <= left or bottom <= legend[1] or legend[3] <= top
     )
