@@ -33,8 +33,8 @@ def point_description(
     rank: int, total: int, prob_pct: float, uncertainty_pct: float, positive: str
 ) -> str:
     return (
-        f"rank {rank} of {total}: P({positive}) {prob_pct:.1f} %, "
-        f"uncertainty {uncertainty_pct:.1f} %"
+        f"rank {rank} of {total}: P({positive}) {prob_pct:.2f} %, "
+        f"uncertainty {uncertainty_pct:.2f} %"
     )
 
 

@@ -56,6 +56,8 @@ from spurge.mapping.styles import (
 
 ORTHO_MAX_PIXELS = 4096 * 4096
 ORTHO_QUALITY = 80
+#: WebP's largest side is 16383 px; leave room for the warp's margins.
+WEBP_MAX_SIDE = 16000
 #: Largest side (px) of the Web-Mercator probability overlay.
 MAX_OVERLAY_PX = 8192
 #: Preferred screen pixels per cell side in the probability overlay image.
@@ -79,7 +81,8 @@ class OrthoSource:
 class PageInfo:
     """What writing the page decided: the ortho's shown pixel size and notes for the summary."""
 
-    ortho_px_m: float = 0.0
+    #: Pixel size of the shown ortho, in the ortho CRS's units.
+    ortho_px: float = 0.0
     ortho_shrink: float = 1.0
     notes: list[str] = field(default_factory=list)
 
@@ -141,12 +144,18 @@ def overlay_png(prob: np.ndarray, transform: Affine, crs: CRS) -> tuple[bytes, B
 
 
 def ortho_preview(
-    source: OrthoSource, max_pixels: int = ORTHO_MAX_PIXELS
+    source: OrthoSource, max_pixels: int | None = None
 ) -> tuple[bytes, Bounds, PageInfo]:
     """The ortho as an inline WebP (RGBA) in Web Mercator, shrunk to ``max_pixels``."""
     scaling = BandScaling.from_dict(source.scaling)
+    max_pixels = max_pixels or ORTHO_MAX_PIXELS
     with rasterio.open(source.path) as src:
-        shrink = max(1.0, math.sqrt(src.width * src.height / max_pixels))
+        # WebP images are at most 16383 px a side: a long, thin ortho shrinks for that too.
+        shrink = max(
+            1.0,
+            math.sqrt(src.width * src.height / max_pixels),
+            max(src.width, src.height) / WEBP_MAX_SIDE,
+        )
         out_h = max(1, math.floor(src.height / shrink))
         out_w = max(1, math.floor(src.width / shrink))
         window = Window(0, 0, src.width, src.height)
@@ -157,7 +166,7 @@ def ortho_preview(
         valid = valid_mask(src, window, scaling.bands, source.alpha_band, data, (out_h, out_w))
         transform = src.transform * Affine.scale(src.width / out_w, src.height / out_h)
         crs = src.crs
-        px_m = abs(src.transform.a) * src.width / out_w
+        px = abs(src.transform.a) * src.width / out_w
     rgba = np.concatenate([scaling.apply(data), (valid * 255).astype(np.uint8)[None]])
     # Warp with alpha 0 as the fill so outside the ortho stays clear.
     warped, dst_transform = _to_mercator(rgba, transform, crs, 1.0, 0)
@@ -165,11 +174,11 @@ def ortho_preview(
     buffer = io.BytesIO()
     image = Image.fromarray(np.ascontiguousarray(warped.transpose(1, 2, 0)), mode="RGBA")
     image.save(buffer, format="WEBP", quality=ORTHO_QUALITY, method=4)
-    info = PageInfo(ortho_px_m=px_m, ortho_shrink=shrink)
+    info = PageInfo(ortho_px=px, ortho_shrink=shrink)
     if shrink > 1:
         info.notes.append(
             f"the page shows {source.path.name} shrunk {shrink:.1f}x ({out_w}x{out_h} px, "
-            f"{ORTHO_MAX_PIXELS / 1e6:.0f} Mpx size rule)"
+            f"{max_pixels / 1e6:.0f} Mpx size rule)"
         )
     return buffer.getvalue(), _latlon_bounds(warped.shape[1:], dst_transform), info
 
@@ -247,8 +256,8 @@ def _add_points(fmap: Any, folium: Any, points: gpd.GeoDataFrame, provenance: Pr
             tooltip=row.name,
             popup=folium.Popup(
                 f"<b>{row.name}</b> (survey rank {row.rank})<br>"
-                f"P({html.escape(provenance.positive_class)}) {row.prob_pct:.1f} %,"
-                f" uncertainty {row.uncertainty_pct:.1f} %<br>"
+                f"P({html.escape(provenance.positive_class)}) {row.prob_pct:.2f} %,"
+                f" uncertainty {row.uncertainty_pct:.2f} %<br>"
                 f"lat, lon {_latlon_text(row.geometry.y, row.geometry.x)}<br>{record}",
                 max_width=260,
             ),

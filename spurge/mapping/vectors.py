@@ -1,7 +1,7 @@
 """Vector products: presence polygons, "survey next" points, and the files that hold them.
 
 Units the user sees are percent, named in the field: ``mean_prob_pct``, ``prob_pct``,
-``uncertainty_pct`` (0-100, one decimal), like the rasters. ``area_m2`` is true ground area:
+``uncertainty_pct`` (0-100, two decimals), like the rasters. ``area_m2`` is true ground area:
 computed in a Lambert azimuthal equal-area projection centred on the polygons, whatever the
 ortho's CRS (in Web Mercator the planar area can be several times the ground's).
 
@@ -58,7 +58,7 @@ def presence_polygons(
         ):
             mean = float(means[int(value) - 1]) * 100
             rows.append(
-                {"class": class_name, "mean_prob_pct": round(mean, 1), "geometry": shape(geom)}
+                {"class": class_name, "mean_prob_pct": round(mean, 2), "geometry": shape(geom)}
             )
     gdf = gpd.GeoDataFrame(
         rows, columns=["class", "mean_prob_pct", "geometry"], geometry="geometry", crs=crs
@@ -104,8 +104,8 @@ def survey_next(
                 "name": waypoint_name(rank),
                 "class": "survey next",
                 "rank": rank,
-                "prob_pct": round(float(prob01[r, c]) * 100, 1),
-                "uncertainty_pct": round(float(uncertainty01[r, c]) * 100, 1),
+                "prob_pct": round(float(prob01[r, c]) * 100, 2),
+                "uncertainty_pct": round(float(uncertainty01[r, c]) * 100, 2),
                 "geometry": Point(x, y),
             }
         )
