@@ -6,7 +6,7 @@ computed in a Lambert azimuthal equal-area projection centred on the polygons, w
 ortho's CRS (in Web Mercator the planar area can be several times the ground's).
 
 Files: ``<name>.gpkg`` (GeoPackage 1.2, the ortho's CRS, layers ``presence`` and
-``survey_next``, provenance in its metadata, default QGIS styles in ``layer_styles``),
+``survey_next``, provenance in each layer's metadata, default QGIS styles in ``layer_styles``),
 ``<name>_presence.geojson`` and ``<name>_survey.geojson`` (RFC 7946, one geometry type each).
 """
 
@@ -161,7 +161,8 @@ def _write_gpkg(
         geometry_type="MultiPolygon",
         # 1.2: GDAL >= 3.6 writes 1.4 by default, which GDAL 3.6 / QGIS 3.22 warn about.
         dataset_options={"VERSION": "1.2"},
-        dataset_metadata=metadata,
+        # Per layer, not per dataset: GDAL writes a .aux.xml sidecar beside a GeoPackage
+        # with dataset-level metadata each time it is read.
         layer_metadata=metadata,
     )
     pyogrio.write_dataframe(

@@ -172,8 +172,10 @@ def test_provenance_is_in_tags_geopackage_and_record(mapped):
         with rasterio.open(out / f"{name}_{kind}.tif") as src:
             tags = src.tags()
         assert {k: tags[f"spurge_{k}"] for k in expected} == expected, kind
-    meta = pyogrio.read_info(out / f"{name}.gpkg", layer="presence")
-    assert {k: meta["dataset_metadata"][f"spurge_{k}"] for k in expected} == expected
+    for layer in ["presence", "survey_next"]:
+        meta = pyogrio.read_info(out / f"{name}.gpkg", layer=layer)["layer_metadata"]
+        assert {k: meta[f"spurge_{k}"] for k in expected} == expected, layer
+    assert not list(out.glob("*.aux.xml")), "reading the outputs must not write sidecars"
     record = json.loads((out / f"{name}.map.json").read_text())
     assert record["provenance"] == expected and record["crs"] == "EPSG:32612"
     # Paths relative to the map folder: the folder can move.
