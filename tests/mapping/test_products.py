@@ -285,3 +285,26 @@ def test_summary_says_when_the_page_shows_a_shrunk_ortho(mapped, tmp_path, monke
     assert "shrunk 2.6x" in result.summary()
     assert json.loads((tmp_path / f"{mapped['name']}.map.json").read_text())["notes"]
     assert "shrunk" not in mapped["result"].summary()
+
+
+def test_map_of_a_web_mercator_ortho_reports_ground_area(mapped, tmp_path):
+    """Issue: an ortho warped to EPSG:3857 at 46.7 N reported area_m2 2.13x too large."""
+    from rasterio.warp import calculate_default_transform, reproject
+
+    mercator = tmp_path / "mercator.tif"
+    with rasterio.open(mapped["ortho"]) as src:
+        transform, width, height = calculate_default_transform(
+            src.crs, "EPSG:3857", src.width, src.height, *src.bounds
+        )
+        profile = {**src.profile, "crs": "EPSG:3857", "transform": transform}
+        profile.update(width=width, height=height)
+        with rasterio.open(mercator, "w", **profile) as dst:
+            for band in range(1, src.count + 1):
+                reproject(rasterio.band(src, band), rasterio.band(dst, band))
+    map_orthos([mercator], mapped["run"], tmp_path / "maps", gsd_policy="resample", progress=False)
+    polygons = gpd.read_file(tmp_path / "maps" / "mercator.gpkg", layer="presence")
+    assert len(polygons) and polygons.crs.to_epsg() == 3857
+    geod = Geod(ellps="WGS84")
+    truth = [abs(geod.geometry_area_perimeter(g)[0]) for g in polygons.to_crs(4326).geometry]
+    assert polygons["area_m2"].to_numpy() == pytest.approx(truth, rel=1e-4, abs=1e-3)
+    assert polygons.area.sum() > 2 * polygons["area_m2"].sum()  # the planar figure
