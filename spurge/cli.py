@@ -744,7 +744,7 @@ def _map_outputs(ctx: click.Context, param: click.Parameter, value: str | None) 
     "--outputs",
     default=None,
     callback=_map_outputs,
-    help="Comma-separated outputs to write: cog, geojson, gpkg, qml, html [default: all].",
+    help="Comma-separated outputs to write: cog, qml, gpkg, geojson, gpx, html [default: all].",
 )
 @click.option(
     "--dask-workers",
@@ -814,21 +814,24 @@ def map_(
     legacy_workers: int | None,
     **options: Any,
 ) -> None:
-    """Predict presence over whole orthomosaics: COG, GeoJSON, GeoPackage, HTML, QGIS style.
+    """Presence maps over whole orthomosaics: COG, GeoPackage, GeoJSON, GPX, HTML, QGIS styles.
 
     Slides the model's tile window over each ORTHO (same band selection and 8-bit scaling
     as `spurge tile`; the scaling `spurge tile` recorded when the model's tiles came from this
     ortho), blends overlapping windows into a grid of one cell per stride aligned
     with the ortho's pixels, and writes into --out, for ORTHO site.tif: site_prob.tif
     (Cloud-Optimized GeoTIFF, 0-100 %, 255 = nodata), site_presence.tif (class index),
-    site_uncertainty.tif (entropy), site.geojson (WGS84) and site.gpkg (native CRS) with
-    presence polygons and 'survey next' points, site_prob.qml (QGIS style) and site.html
-    (self-contained offline map). Interrupted runs resume from finished blocks.
+    site_uncertainty.tif (entropy, 0-100 %), each with a QGIS style (.qml); site.gpkg
+    (native CRS, styled) with presence polygons and 'survey next' points, the same as
+    site_presence.geojson and site_survey.geojson (WGS84), site_survey.gpx (waypoints
+    spurge-01...) and site.html (offline map over the orthomosaic). --method dense gives
+    cells finer than a window (~0.5 m). Interrupted runs resume from finished blocks.
 
-    \b
+    
     Examples:
       spurge map site.tif --run runs/spurge --out maps
-      spurge map a.tif b.tif --run runs/spurge --outputs cog,gpkg --dask-workers 4
+      spurge map site.tif --run runs/spurge --method dense --cell-size 0.5 --device auto
+      spurge map a.tif b.tif --run runs/spurge --outputs cog,gpkg,gpx --dask-workers 4
     """
     import warnings
 

@@ -11,6 +11,10 @@ from spurge.config import SpeciesConfig
 from tests.builders import tiny_config as make_tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Maps stamp their creation time into every product; pin it (the reproducible-builds
+# convention, honoured by spurge.mapping.provenance) so runs compared byte for byte agree.
+# Set in os.environ so CLI subprocesses (kill-and-resume tests) inherit it too.
+os.environ.setdefault("SOURCE_DATE_EPOCH", "1767225600")
 
 
 def _find_testdata() -> Path:

@@ -18,30 +18,31 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
 from affine import Affine
-from rasterio import features
 from rasterio.crs import CRS
-from scipy import ndimage
-from shapely.geometry import Point, shape
 
 from spurge.classifier import ModelCard
 from spurge.errors import OutputError
 from spurge.io.atomic import sha256_file, temporary_sibling
+from spurge.mapping.gpx import write_gpx
 from spurge.mapping.grid import MapGrid
-from spurge.mapping.writers import (
-    NODATA,
-    probability_palette,
-    write_cog,
-    write_html,
-    write_qml,
-    write_vectors,
+from spurge.mapping.page import OrthoSource, write_html
+from spurge.mapping.provenance import Provenance
+from spurge.mapping.styles import NODATA, probability_palette, write_raster_styles
+from spurge.mapping.vectors import (
+    normalized_entropy,
+    presence_polygons,
+    survey_next,
+    write_geojson,
+    write_gpkg,
 )
+from spurge.mapping.writers import write_cog
 
 RECORD_SUFFIX = ".map.json"
 
@@ -59,19 +60,30 @@ class MapProduct:
     prob01: np.ndarray  # float P(positive), NaN where no valid window
     prob_pct: np.ndarray  # uint8 0-100, 255 nodata
     classes: np.ndarray  # uint8 class index, 255 nodata
+    uncertainty01: np.ndarray  # float entropy / log C, NaN where no valid window
     uncertainty: np.ndarray  # uint8 entropy % of max, 255 nodata
     polygons: gpd.GeoDataFrame
     points: gpd.GeoDataFrame
+    provenance: Provenance
+    ortho: OrthoSource
+    #: What the user should hear about the outputs (e.g. the page shows a shrunk ortho).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def transform(self) -> Affine:
         return self.grid.cell_transform
 
     @property
+    def threshold_pct(self) -> int:
+        return round(self.threshold * 100)
+
+    @property
     def tags(self) -> dict[str, str]:
+        """TIFF tags: provenance, the threshold in % (the unit users see) and how it was made."""
         return {
+            **self.provenance.tags(),
+            "spurge_threshold_pct": str(self.threshold_pct),
             "spurge_model": self.card.backbone,
-            "spurge_threshold": str(self.threshold),
             "spurge_blend": self.blend,
         }
 
@@ -147,83 +159,6 @@ def blend_outputs(
     return np.where(valid, p_pos, np.nan), prob_pct, classes, uncertainty
 
 
-def presence_polygons(
-    prob01: np.ndarray, threshold: float, transform: Any, crs: Any, class_name: str
-) -> gpd.GeoDataFrame:
-    """Dissolved polygons of 4-connected presence cells with area (m², projected) and mean p."""
-    presence = np.nan_to_num(prob01, nan=0.0) >= threshold
-    labels, count = ndimage.label(presence)
-    rows = []
-    if count:
-        means = ndimage.mean(np.nan_to_num(prob01), labels, index=np.arange(1, count + 1))
-        for geom, value in features.shapes(
-            labels.astype(np.int32), mask=presence, transform=transform, connectivity=4
-        ):
-            rows.append(
-                {
-                    "class": class_name,
-                    "mean_prob": round(float(means[int(value) - 1]), 4),
-                    "geometry": shape(geom),
-                }
-            )
-    gdf = gpd.GeoDataFrame(
-        rows, columns=["class", "mean_prob", "geometry"], geometry="geometry", crs=crs
-    )
-    gdf.insert(1, "area_m2", _areas_m2(gdf))
-    return gdf
-
-
-def _areas_m2(gdf: gpd.GeoDataFrame) -> list[float]:
-    if not len(gdf):
-        return []
-    if gdf.crs.is_geographic:
-        areas = gdf.to_crs(gdf.estimate_utm_crs()).area
-    else:
-        areas = gdf.area * gdf.crs.axis_info[0].unit_conversion_factor ** 2
-    return [round(float(a), 3) for a in areas]
-
-
-def survey_next(
-    uncertainty: np.ndarray,
-    prob01: np.ndarray,
-    transform: Any,
-    crs: Any,
-    n: int,
-    min_separation: int,
-) -> gpd.GeoDataFrame:
-    """The ``n`` most uncertain cells, at least ``min_separation`` cells apart (so the field
-    crew visits different places), as points at cell centres named "survey next".
-    """
-    order = np.lexsort((np.arange(uncertainty.size), -uncertainty.ravel().astype(int)))
-    chosen: list[tuple[int, int]] = []
-    for flat in order:
-        if len(chosen) >= n:
-            break
-        r, c = divmod(int(flat), uncertainty.shape[1])
-        if uncertainty[r, c] == NODATA:
-            continue
-        if all(max(abs(r - r2), abs(c - c2)) >= min_separation for r2, c2 in chosen):
-            chosen.append((r, c))
-    rows = []
-    for rank, (r, c) in enumerate(chosen, start=1):
-        x, y = transform @ (c + 0.5, r + 0.5)
-        rows.append(
-            {
-                "class": "survey next",
-                "rank": rank,
-                "uncertainty": round(uncertainty[r, c] / 100, 2),
-                "mean_prob": round(float(prob01[r, c]), 4),
-                "geometry": Point(x, y),
-            }
-        )
-    return gpd.GeoDataFrame(
-        rows,
-        columns=["class", "rank", "uncertainty", "mean_prob", "geometry"],
-        geometry="geometry",
-        crs=crs,
-    )
-
-
 def make_product(
     name: str,
     card: ModelCard,
@@ -235,19 +170,25 @@ def make_product(
     threshold: float,
     blend: str,
     survey_points: int,
+    provenance: Provenance,
+    ortho: OrthoSource,
 ) -> MapProduct:
-    """Blend the merged cell sums and derive presence polygons and survey points."""
+    """Blend the merged cell sums and derive presence polygons and survey points.
+
+    Survey points are ranked on the exact (unrounded) uncertainty, at least one window apart
+    so the crew visits different places.
+    """
     transform = grid.cell_transform
     prob01, prob_pct, classes, uncertainty = blend_outputs(
         sums, weights, card.positive_index, threshold
     )
+    uncertainty01 = normalized_entropy(sums, weights)
     polygons = presence_polygons(prob01, threshold, transform, crs, card.positive_class)
-    # Survey points at least one window apart, so the crew visits different places.
     span = max(1, grid.window_w // grid.stride_x, grid.window_h // grid.stride_y)
-    points = survey_next(uncertainty, prob01, transform, crs, survey_points, span)
+    points = survey_next(uncertainty01, prob01, transform, crs, survey_points, span)
     return MapProduct(
-        name, card, grid, crs, threshold, blend, prob01, prob_pct, classes, uncertainty,
-        polygons, points,
+        name, card, grid, crs, threshold, blend, prob01, prob_pct, classes, uncertainty01,
+        uncertainty, polygons, points, provenance, ortho,
     )  # fmt: skip
 
 
@@ -265,67 +206,67 @@ def _write_cogs(p: MapProduct, paths: dict[str, Path]) -> None:
     card = p.card
     write_cog(
         paths["prob"], p.prob_pct, p.transform, p.crs, colormap=probability_palette(),
-        description=f"P({card.positive_class}) %", tags=p.tags,
+        description=f"probability of {card.positive_class} (%)", unit="%", tags=p.tags,
     )  # fmt: skip
     class_tags = {**p.tags, **{f"class_{i}": n for i, n in enumerate(card.class_names)}}
     write_cog(
-        paths["presence"], p.classes, p.transform, p.crs, description="class index",
-        tags=class_tags, overview_resampling="mode",
+        paths["presence"], p.classes, p.transform, p.crs,
+        description=f"class index ({', '.join(card.class_names)})", tags=class_tags,
+        overview_resampling="mode",
     )  # fmt: skip
     write_cog(
         paths["uncertainty"], p.uncertainty, p.transform, p.crs,
-        description="entropy of blended prediction, % of max", tags=p.tags,
+        description="uncertainty: class entropy (% of maximum)", unit="%", tags=p.tags,
         overview_resampling="average",
     )  # fmt: skip
 
 
-def _write_vectors(p: MapProduct, geojson: Path | None, gpkg: Path | None) -> None:
-    """``write_vectors`` makes both files; the one not asked for goes to a scratch name."""
-    folder = (geojson or gpkg).parent  # type: ignore[union-attr]
-    scratch = [
-        temporary_sibling(folder / f"{p.name}{suffix}")
-        for suffix, given in ((".geojson", geojson), (".gpkg", gpkg))
-        if given is None
-    ]
-    try:
-        write_vectors(geojson or scratch[0], gpkg or scratch[-1], p.polygons, p.points)
-    finally:
-        for path in scratch:
-            path.unlink(missing_ok=True)
-
-
 @register_writer(
-    "geojson",
-    {"geojson": ".geojson"},
-    "GeoJSON (WGS84): presence polygons and 'survey next' points",
+    "qml",
+    {"qml": "_prob.qml", "qml_presence": "_presence.qml", "qml_uncertainty": "_uncertainty.qml"},
+    "QGIS styles of the three rasters (each named after its raster: applied on loading)",
 )
-def _write_geojson(p: MapProduct, paths: dict[str, Path]) -> None:
-    _write_vectors(p, paths["geojson"], None)
+def _write_qml(p: MapProduct, paths: dict[str, Path]) -> None:
+    write_raster_styles(
+        paths, p.name, p.threshold_pct, list(p.card.class_names), p.card.positive_index
+    )
 
 
 @register_writer(
     "gpkg",
     {"gpkg": ".gpkg"},
-    "GeoPackage (ortho's CRS): layers presence and survey_next",
+    "GeoPackage 1.2 (ortho's CRS), styled layers presence and survey_next",
 )
 def _write_gpkg(p: MapProduct, paths: dict[str, Path]) -> None:
-    _write_vectors(p, None, paths["gpkg"])
+    write_gpkg(paths["gpkg"], p.polygons, p.points, p.provenance)
 
 
 @register_writer(
-    "qml", {"qml": "_prob.qml"}, "QGIS style of the probability raster (applied on loading)"
+    "geojson",
+    {"geojson_presence": "_presence.geojson", "geojson_survey": "_survey.geojson"},
+    "GeoJSON (WGS84): presence polygons and 'survey next' points, one file each",
 )
-def _write_qml(p: MapProduct, paths: dict[str, Path]) -> None:
-    # Named after the raster it styles: QGIS applies <raster>.qml by itself on loading.
-    write_qml(paths["qml"], f"{p.name}: P({p.card.positive_class})", p.threshold)
+def _write_geojson(p: MapProduct, paths: dict[str, Path]) -> None:
+    write_geojson(paths["geojson_presence"], p.polygons, p.provenance)
+    write_geojson(paths["geojson_survey"], p.points, p.provenance)
 
 
-@register_writer("html", {"html": ".html"}, "self-contained offline map page")
+@register_writer(
+    "gpx",
+    {"gpx": "_survey.gpx"},
+    "GPX waypoints spurge-01... of the 'survey next' points (QField, Avenza, Gaia, Garmin)",
+)
+def _write_gpx(p: MapProduct, paths: dict[str, Path]) -> None:
+    write_gpx(paths["gpx"], p.points, p.provenance)
+
+
+@register_writer("html", {"html": ".html"}, "self-contained offline page over the orthomosaic")
 def _write_html(p: MapProduct, paths: dict[str, Path]) -> None:
-    write_html(
-        paths["html"], f"spurge map: {p.name}", p.prob_pct, p.transform, p.crs, p.polygons,
-        p.points, p.threshold,
+    page = write_html(
+        paths["html"], f"spurge map: {p.provenance.ortho_name}", p.prob_pct, p.transform,
+        p.crs, p.polygons, p.points, p.threshold_pct, p.provenance, p.ortho,
     )  # fmt: skip
+    p.notes.extend(page.notes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Iterator, Sequence
@@ -40,6 +41,7 @@ from spurge.mapping.checkpoint import (
 )
 from spurge.mapping.dense import cell_px_for, feature_extractor, finest_cell_px, probe_stride
 from spurge.mapping.grid import Block, MapGrid, plan_blocks
+from spurge.mapping.page import OrthoSource
 from spurge.mapping.plan import GsdWarning, OrthoPlan, check_card, plan_ortho
 from spurge.mapping.predict import (
     BlockResult,
@@ -54,6 +56,7 @@ from spurge.mapping.predict import (
     read_dense_block,
 )
 from spurge.mapping.products import make_product, output_paths, write_products
+from spurge.mapping.provenance import make_provenance
 from spurge.mapping.settings import BLENDS, GSD_POLICIES, METHODS, MapSettings
 
 __all__ = [
@@ -88,6 +91,8 @@ class OrthoMap:
     seconds_windows: float = 0.0
     seconds_total: float = 0.0
     method: str = "windows"
+    #: Things the user should know about the products (e.g. the page shows a shrunk ortho).
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -116,7 +121,7 @@ class MapResult:
                 f"{m.ortho.name}: {what} in {m.blocks} blocks{resumed} -> "
                 f"{m.grid.cols}x{m.grid.rows} cells of {m.grid.stride_x}x{m.grid.stride_y} px, "
                 f"{m.polygons} presence polygon(s) covering {m.presence_area_m2:.1f} m²; "
-                f"band scaling {m.scaling_source}"
+                f"band scaling {m.scaling_source}" + "".join(f" (note: {n})" for n in m.notes)
             )
         files = sorted({p.name for m in self.maps for p in m.outputs.values()})
         return (
@@ -312,11 +317,14 @@ def _map_one(
     product = make_product(
         plan.name, card, plan.grid, plan.crs, sums, weights, threshold=settings.threshold,
         blend=settings.blend, survey_points=settings.survey_points,
+        provenance=make_provenance(card, plan.ortho, plan.crs),
+        ortho=OrthoSource(plan.ortho, plan.scaling.to_dict(), card.species_config().alpha_band),
     )  # fmt: skip
     result.polygons = len(product.polygons)
     result.presence_area_m2 = float(product.polygons["area_m2"].sum()) if result.polygons else 0.0
-    record = _record_builder(plan, card, settings, key, result)
+    record = _record_builder(plan, card, settings, key, result, product)
     write_products(product, {**paths, "record": record_path}, settings.writer_names, record)
+    result.notes = product.notes
     checkpoint.remove()
     result.seconds_total = time.perf_counter() - start_total
     return result
@@ -379,12 +387,26 @@ def _merge(
 
 
 def _record_builder(
-    plan: OrthoPlan, card: ModelCard, settings: MapSettings, key: str, result: OrthoMap
+    plan: OrthoPlan,
+    card: ModelCard,
+    settings: MapSettings,
+    key: str,
+    result: OrthoMap,
+    product: Any,
 ) -> Any:
+    """``<name>.map.json``: provenance, settings, counts and every output with its sha256.
+
+    Paths are relative to the map folder, so the folder can be moved or shared whole.
+    """
+    folder = result.outputs["record"].parent.resolve()
+
     def build(outputs: dict[str, Any]) -> dict[str, Any]:
         return {
             "fingerprint": key,
-            "ortho": str(plan.ortho),
+            "ortho": os.path.relpath(plan.ortho.resolve(), folder),
+            "provenance": product.provenance.as_dict(),
+            "crs": product.provenance.crs,
+            "notes": product.notes,
             "model": card.backbone,
             "weights_sha256": card.weights_sha256,
             "grid": plan.grid.to_dict(),

@@ -2,7 +2,8 @@
 
 - ``configs/*.yaml``: the named species configs (``--config leafy_spurge``). A checkout's
   top-level ``configs/`` is a link to this folder.
-- ``qgis/probability.qml``: the QGIS style ``spurge map`` writes beside each probability COG.
+- ``qgis/*.qml``: the QGIS style templates ``spurge map`` fills (probability, presence and
+  uncertainty rasters; the GeoPackage's presence and survey layers).
 """
 
 from __future__ import annotations
@@ -14,5 +15,5 @@ RESOURCE_DIR = Path(__file__).resolve().parent
 #: The species configs that ship with spurge, one ``<name>.yaml`` each.
 CONFIG_DIR = RESOURCE_DIR / "configs"
 
-#: The QGIS style template for the probability raster.
-PROBABILITY_QML = RESOURCE_DIR / "qgis" / "probability.qml"
+#: The QGIS style templates (``probability.qml``, ``presence.qml``, ``*_layer.qml``).
+QGIS_TEMPLATE_DIR = RESOURCE_DIR / "qgis"

@@ -47,7 +47,7 @@ def test_real_rasters_map_without_error(name, run_dir, tmp_path):
         prob = dst.read(1)
     assert cog_validate(tmp_path / f"{stem}_prob.tif", quiet=True)[0]
     assert (prob != 255).any()
-    data = json.loads((tmp_path / f"{stem}.geojson").read_text())
+    data = json.loads((tmp_path / f"{stem}_survey.geojson").read_text())
     for feature in data["features"]:
         if feature["geometry"]["type"] == "Point":
             lon, lat = feature["geometry"]["coordinates"]

@@ -1,12 +1,13 @@
 <!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<!-- QGIS style for a spurge probability raster (<site>_prob.tif): uint8 0-100 %, 255 = nodata.
-     `spurge map` fills in the title, the threshold and the colour ramp items. -->
-<qgis version="3.28.0" styleCategories="AllStyleCategories" hasScaleBasedVisibilityFlag="0" minScale="1e+08" maxScale="0">
+<!-- QGIS style for a spurge percentage raster (<site>_prob.tif, <site>_uncertainty.tif):
+     uint8 0-100 %, 255 = nodata. `spurge map` fills in the title, the threshold and the
+     colour ramp items; the items carry their own alpha, so low values are see-through. -->
+<qgis version="3.22.0" styleCategories="AllStyleCategories" hasScaleBasedVisibilityFlag="0" minScale="1e+08" maxScale="0">
   <pipe>
     <provider>
       <resampling enabled="false" zoomedInResamplingMethod="nearestNeighbour" zoomedOutResamplingMethod="nearestNeighbour" maxOversampling="2"/>
     </provider>
-    <rasterrenderer type="singlebandpseudocolor" band="1" opacity="0.8" alphaBand="-1" classificationMin="0" classificationMax="100" nodataColor="">
+    <rasterrenderer type="singlebandpseudocolor" band="1" opacity="1" alphaBand="-1" classificationMin="0" classificationMax="100" nodataColor="">
       <rasterTransparency/>
       <minMaxOrigin>
         <limits>None</limits>
