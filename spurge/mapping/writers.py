@@ -23,7 +23,6 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 
-from spurge.errors import OutputError
 from spurge.io.atomic import atomic_path
 from spurge.mapping.styles import NODATA, RAMP, probability_palette
 
@@ -77,18 +76,17 @@ def write_cog(
             mem.set_band_unit(1, unit)
             if tags:
                 mem.update_tags(**tags)
-        try:
-            with memfile.open() as src, atomic_path(path) as tmp:
-                rasterio.shutil.copy(
-                    src,
-                    tmp,
-                    driver="COG",
-                    COMPRESS="DEFLATE",
-                    PREDICTOR="YES",
-                    BLOCKSIZE=blocksize,
-                    OVERVIEW_COUNT=levels,
-                    OVERVIEW_RESAMPLING=overview_resampling.upper(),
-                    NUM_THREADS="1",
-                )
-        except rasterio.errors.RasterioIOError as exc:
-            raise OutputError(f"cannot write the raster ({exc})", path) from exc
+        # A full disk surfaces as an OSError (RasterioIOError is one): the caller names the
+        # output it was writing (spurge.mapping.products.write_products).
+        with memfile.open() as src, atomic_path(path) as tmp:
+            rasterio.shutil.copy(
+                src,
+                tmp,
+                driver="COG",
+                COMPRESS="DEFLATE",
+                PREDICTOR="YES",
+                BLOCKSIZE=blocksize,
+                OVERVIEW_COUNT=levels,
+                OVERVIEW_RESAMPLING=overview_resampling.upper(),
+                NUM_THREADS="1",
+            )

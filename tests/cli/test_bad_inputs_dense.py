@@ -51,7 +51,7 @@ CASES = [
         "cell-size-zero",
         "dense_model",
         ["--method", "dense", "--cell-size", "0"],
-        "--cell-size must be positive",
+        "--cell-size must be",
     ),
     ("cell-size-with-windows", "dense_model", ["--cell-size", "0.4"], "--method dense"),
     ("backbone-not-dense", "global_model", ["--method", "dense"], "cannot map densely"),

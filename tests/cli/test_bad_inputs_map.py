@@ -45,8 +45,9 @@ from tests.conftest import REPO_ROOT
 world = matrix.world  # the matrix's inputs: a module-scoped fixture
 
 FINAL_SUFFIXES = (
-    "_prob.tif", "_presence.tif", "_uncertainty.tif", ".geojson", ".gpkg", "_prob.qml",
-    ".html", ".map.json",
+    "_prob.tif", "_presence.tif", "_uncertainty.tif", "_presence.geojson", "_survey.geojson",
+    "_survey.gpx", ".gpkg", "_prob.qml", "_presence.qml", "_uncertainty.qml", ".html",
+    ".map.json",
 )  # fmt: skip
 
 
@@ -162,30 +163,30 @@ def test_bad_model_card_fails_before_mapping(
 
 
 def _full_disk_after(calls: int):
-    """A ``cog_translate`` that writes the first ``calls`` rasters, then half a file and
-    ENOSPC: the disk filled up in the middle of the map's outputs.
+    """The COG copy (``rasterio.shutil.copy``) writes the first ``calls`` rasters, then half
+    a file and ENOSPC: the disk filled up in the middle of the map's outputs.
     """
-    from spurge.mapping import writers
+    import rasterio.shutil
 
-    real = writers.cog_translate
+    real = rasterio.shutil.copy
     seen = {"n": 0}
 
-    def cog_translate(src, dst, *args, **kwargs):
+    def copy(src, dst, *args, **kwargs):
         seen["n"] += 1
         if seen["n"] <= calls:
             return real(src, dst, *args, **kwargs)
         Path(dst).write_bytes(b"II*\x00" + b"\x00" * 1000)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    return cog_translate
+    return copy
 
 
 def test_full_disk_names_the_file_and_leaves_no_output(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from spurge.mapping import writers
+    import rasterio.shutil
 
-    monkeypatch.setattr(writers, "cog_translate", _full_disk_after(1))
+    monkeypatch.setattr(rasterio.shutil, "copy", _full_disk_after(1))
     out = tmp_path / "out"
     before = checksums(_used_inputs(world))
     result = _map(world.orthos["rgb"], world.model, out)

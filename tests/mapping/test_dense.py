@@ -201,7 +201,7 @@ def test_dask_equals_single_process(synth, random_run, tmp_path):
     kwargs = dict(method="dense", cell_size=0.4, block_windows=10, progress=False)
     map_orthos([ortho], random_run, tmp_path / "single", **kwargs)
     map_orthos([ortho], random_run, tmp_path / "dask", workers=2, processes=False, **kwargs)
-    for suffix in ("_prob.tif", "_presence.tif", "_uncertainty.tif", ".geojson"):
+    for suffix in ("_prob.tif", "_presence.tif", "_uncertainty.tif", "_presence.geojson"):
         name = f"{ortho.stem}{suffix}"
         assert (tmp_path / "single" / name).read_bytes() == (tmp_path / "dask" / name).read_bytes()
 
@@ -313,7 +313,7 @@ def test_resume_after_interruption_gives_same_bytes(synth, random_run, tmp_path,
     monkeypatch.setattr(map_run, "classify_dense_block", real)
     result = map_orthos([ortho], random_run, tmp_path / "resumed", **kwargs)
     assert (result.maps[0].blocks, result.maps[0].resumed_blocks) == (4, 2)
-    for suffix in ("_prob.tif", "_presence.tif", "_uncertainty.tif", ".geojson", ".gpkg"):
+    for suffix in ("_prob.tif", "_presence.tif", "_uncertainty.tif", "_presence.geojson", ".gpkg"):
         name = f"{ortho.stem}{suffix}"
         assert (tmp_path / "whole" / name).read_bytes() == (
             tmp_path / "resumed" / name

@@ -546,4 +546,6 @@ def test_outputs_choose_the_writers(synth, run_dir, mapped, tmp_path):
     assert not again.maps[0].up_to_date
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
     bad = _cli(str(synth.orthos[0]), "--run", str(run_dir), "--out", str(out), "--outputs", "tif")
-    assert bad.exit_code == 2 and "'tif': choose from cog, geojson, gpkg, qml, html" in bad.output
+    assert (
+        bad.exit_code == 2 and "'tif': choose from cog, qml, gpkg, geojson, gpx, html" in bad.output
+    )

@@ -76,11 +76,11 @@ def test_non_square_pixels_give_the_exact_transform_and_consistent_points(site, 
         x, y = row.geometry.x, row.geometry.y
         col, r = ~expected * (x, y)
         assert (col % 1, r % 1) == pytest.approx((0.5, 0.5))  # at a cell centre
-        assert abs(_sample(out / "rect_prob.tif", x, y) - row.mean_prob * 100) <= 0.5 + 1e-9
-        assert _sample(out / "rect_uncertainty.tif", x, y) == round(row.uncertainty * 100)
-        assert _sample(out / "rect_presence.tif", x, y) == int(row.mean_prob >= 0.5)
+        assert abs(_sample(out / "rect_prob.tif", x, y) - row.prob_pct) <= 0.5 + 1e-9
+        assert abs(_sample(out / "rect_uncertainty.tif", x, y) - row.uncertainty_pct) <= 0.5 + 1e-9
+        assert _sample(out / "rect_presence.tif", x, y) == int(row.prob_pct >= 50)
     # The same points in the WGS84 GeoJSON land on the same native coordinates.
-    data = json.loads((out / "rect.geojson").read_text())
+    data = json.loads((out / "rect_survey.geojson").read_text())
     lonlat = [f for f in data["features"] if f["properties"]["class"] == "survey next"]
     back = gpd.GeoDataFrame.from_features(lonlat, crs="EPSG:4326").to_crs("EPSG:32612")
     np.testing.assert_allclose(

@@ -23,7 +23,7 @@ from shapely.geometry import box
 
 from spurge.mapping import map_orthos
 from spurge.mapping import page as map_page
-from spurge.mapping import run as map_run
+from spurge.mapping import products as map_products
 from spurge.mapping.page import OrthoSource, legend_html, ortho_preview
 from spurge.mapping.provenance import Provenance, created_now
 from spurge.mapping.styles import overlay_lut, ramp_stops
@@ -44,14 +44,14 @@ def mapped(tmp_path_factory: pytest.TempPathFactory):
     site = synthesize(work / "synth", make_tiny_config(), sites=1, size_px=SIZE_PX, seed=3)
     run_dir = make_model(work / "run")
     seen: dict[str, np.ndarray] = {}
-    real = map_run.blend_outputs
+    real = map_products.blend_outputs
 
     def spy(sums, weights, positive, threshold):
         seen["sums"], seen["weights"] = sums.copy(), weights.copy()
         return real(sums, weights, positive, threshold)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(map_run, "blend_outputs", spy)
+        patch.setattr(map_products, "blend_outputs", spy)
         result = map_orthos([site.orthos[0]], run_dir, work / "maps", progress=False)
     return {
         "result": result,
