@@ -487,6 +487,11 @@ class LazyModel:
         return self.model_id == TINY_RANDOM
 
     @property
+    def notes(self) -> list[str]:
+        """The loaded model's notes (random weights, fp16 upcast); none before loading."""
+        return list(self._loaded.notes) if self._loaded is not None else []
+
+    @property
     def loaded(self) -> bool:
         return self._loaded is not None
 

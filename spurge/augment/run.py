@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,9 @@ class AugmentResult:
     model_loaded: bool = False
     manifest: Path | None = None
 
+    #: What the model loader said a user must know (random weights, fp16 upcast on CPU).
+    model_notes: list[str] = field(default_factory=list)
+
     def summary(self) -> str:
         lines = []
         if self.tokens is not None:
@@ -99,6 +102,8 @@ class AugmentResult:
                 f"({self.rejected} dropped in total)"
             )
         text += f"; {self.seconds:.1f} s. Manifest: {self.manifest}."
+        for note in self.model_notes:
+            text += f" NOTE: {note}"
         if self.is_tiny_random:
             text += (
                 " NOTE: --model tiny-random is a miniature random-weight Stable Diffusion "
@@ -226,6 +231,8 @@ def prepare_tokens(
             settings=token_settings,
             device=run.model.device,
             progress=progress,
+            gradient_checkpointing=token_settings is not None
+            and token_settings.gradient_checkpointing,
         )
         folder = Path(result.tokens_dir or run.out_dir / TOKENS_DIR)
     else:
@@ -416,6 +423,7 @@ def _result(
         method=run.settings.method,
         model_id=run.model.model_id,
         is_tiny_random=run.model.is_tiny_random,
+        model_notes=run.model.notes,
         planned=len(items),
         generated=counts.generated,
         reused=counts.reused,

@@ -48,6 +48,9 @@ class TokenSettings:
     scale_lr: bool = True  # lr x batch size, as the diffusers script and DA-Fusion do
     batch_size: int = 8
     seed: int = 0
+    #: Recompute UNet activations in the backward pass: less GPU memory, same tokens. Not part
+    #: of a token's fingerprint, so switching it re-uses trained tokens.
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.num_vectors < 1:
@@ -153,7 +156,7 @@ def token_fingerprint(
         "token": token,
         "initializer": initializer,
         "tiles": sorted(tile_hashes),
-        "settings": settings.__dict__,
+        "settings": {k: v for k, v in settings.__dict__.items() if k != "gradient_checkpointing"},
         "model_hash": model_hash,
         "templates": templates,
     }
