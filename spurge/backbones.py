@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -148,10 +149,11 @@ def _efficientnet_lite0(pretrained: bool) -> BackboneSpec:
     """
     import timm
 
-    module = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
+    module: Any = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
     if pretrained:
         load_efficientnet_lite0_state(module)
-    return BackboneSpec(module, module.num_features, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 224)
+    features = int(module.num_features)
+    return BackboneSpec(module, features, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 224)
 
 
 #: torchvision's ImageNet checkpoints for ResNet-50 (V2 preferred), looked up in the torch hub

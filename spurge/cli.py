@@ -273,7 +273,7 @@ class _MethodChoice(click.Choice):
     def __init__(self) -> None:
         super().__init__(())
 
-    @property  # type: ignore[override]
+    @property
     def choices(self) -> tuple[str, ...]:
         from spurge.augment.methods import generation_methods
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "spurge"
 
 #: Longest function allowed in spurge/, from its ``def`` line to its last line (decorators,
@@ -40,11 +38,6 @@ def test_the_checker_measures_def_to_last_line(tmp_path: Path) -> None:
     assert long_functions(package, 80) == ["pkg/a.py:94 long (81 lines)"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 16 item 3/7: augment(), train() and other long functions are being split on "
-    "other branches; flip to a plain test once they are merged",
-)
 def test_no_function_in_spurge_is_longer_than_80_lines() -> None:
     offenders = long_functions(PACKAGE, MAX_FUNCTION_LINES)
     assert not offenders, "split these into named steps:\n" + "\n".join(offenders)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +53,8 @@ class ClipFilter:
         self.threshold = threshold
         self.device = torch.device(device)
         try:
-            self.model = CLIPModel.from_pretrained(model, local_files_only=True).to(self.device)
+            clip: Any = CLIPModel.from_pretrained(model, local_files_only=True)
+            self.model = clip.to(self.device)
             self.tokenizer = CLIPTokenizer.from_pretrained(model, local_files_only=True)
             self.processor = CLIPImageProcessor.from_pretrained(model, local_files_only=True)
         except Exception as exc:  # not downloaded, not a CLIP folder...

@@ -331,7 +331,7 @@ class BatchSampler:
         if path not in self._latents:
             res = self.loaded.resolution
             with Image.open(path) as img:
-                rgb = img.convert("RGB").resize((res, res), Image.BICUBIC)
+                rgb = img.convert("RGB").resize((res, res), Image.Resampling.BICUBIC)
             pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0)
             pixels = pixels.permute(2, 0, 1)[None].to(self.loaded.device, self.loaded.dtype)
             vae = self.pipe.vae
@@ -394,7 +394,9 @@ class BatchSampler:
         out = []
         for item, image in zip(items, images, strict=True):
             if image.shape[1::-1] != item.source_size:
-                image = np.asarray(Image.fromarray(image).resize(item.source_size, Image.BICUBIC))
+                image = np.asarray(
+                    Image.fromarray(image).resize(item.source_size, Image.Resampling.BICUBIC)
+                )
             out.append(image)
         self.stats.images += len(items)
         return out
@@ -407,7 +409,7 @@ def reference_generate(loaded: LoadedModel, item: PlanItem) -> np.ndarray:
     """
     res = loaded.resolution
     with Image.open(item.source_path) as img:
-        source = img.convert("RGB").resize((res, res), Image.BICUBIC)
+        source = img.convert("RGB").resize((res, res), Image.Resampling.BICUBIC)
     result = loaded.pipe(
         prompt=item.prompt,
         image=source,
@@ -418,4 +420,4 @@ def reference_generate(loaded: LoadedModel, item: PlanItem) -> np.ndarray:
         output_type="np",
     )
     image = (np.clip(result.images[0], 0, 1) * 255).round().astype(np.uint8)
-    return np.asarray(Image.fromarray(image).resize(item.source_size, Image.BICUBIC))
+    return np.asarray(Image.fromarray(image).resize(item.source_size, Image.Resampling.BICUBIC))

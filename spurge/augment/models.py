@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,7 +33,7 @@ _CLIP_MERGES = 49152 - 256 - 2  # merges CLIP keeps from the BPE file (SD's toke
 class LoadedModel:
     """A ready img2img pipeline and what the synthetic manifest records about it."""
 
-    pipe: object  # diffusers StableDiffusionImg2ImgPipeline
+    pipe: Any  # diffusers StableDiffusionImg2ImgPipeline (its attributes are untyped)
     model_id: str
     model_hash: str
     is_tiny_random: bool
@@ -210,7 +211,7 @@ def build_tiny_random_pipeline(seed: int = 0, scheduler: str = "dpm"):
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]  # untyped mixin
     return pipe
 
 
@@ -478,7 +479,8 @@ class LazyModel:
         """Wrap an already loaded pipeline (re-use one model across several runs)."""
         lazy = cls.__new__(cls)
         lazy.model_id, lazy.model_hash = loaded.model_id, loaded.model_hash
-        lazy.device, lazy.sampler = loaded.device, None
+        # Never loads again: the pipeline, its device and its sampler are used as they are.
+        lazy.device, lazy.sampler = str(loaded.device), sampler_name(loaded.pipe.scheduler)
         lazy._loaded = loaded
         return lazy
 

@@ -73,7 +73,7 @@ def build_sd15_pipeline(
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]  # untyped mixin
     return pipe
 
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -182,7 +182,7 @@ def _load_images(tiles_dir: str | Path, rows, resolution: int) -> torch.Tensor:
         path = tile_image_path(tiles_dir, rel)
         try:
             with Image.open(path) as img:
-                rgb = img.convert("RGB").resize((resolution, resolution), Image.BICUBIC)
+                rgb = img.convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC)
         except (OSError, ValueError) as exc:
             raise ManifestError(f"cannot read tile image ({exc})", path) from exc
         arr = np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0
@@ -266,7 +266,7 @@ class TokenTrainer:
         from diffusers import DDPMScheduler
 
         keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
-        self.noise_scheduler = DDPMScheduler(**{k: pipe.scheduler.config[k] for k in keys})
+        self.noise_scheduler: Any = DDPMScheduler(**{k: pipe.scheduler.config[k] for k in keys})
         self.prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
 
     @torch.no_grad()

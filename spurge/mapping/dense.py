@@ -61,7 +61,7 @@ class _ForwardFeatures(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # timm's forward_features is not on nn.Module's type
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(x)
@@ -234,7 +234,7 @@ class DenseModel:
         self.device = device
         if isinstance(features, nn.Module):
             # Channels-last weights match the channels-last input: the fast conv path.
-            features.to(device, memory_format=torch.channels_last).eval()
+            features.to(device).to(memory_format=torch.channels_last).eval()
         self.weight = head.weight.detach().float().to(device)
         self.bias = head.bias.detach().float().to(device)
         self.mean = torch.tensor(list(mean), device=device).view(1, 3, 1, 1)

@@ -99,7 +99,7 @@ class Block:
 def plan_blocks(grid: MapGrid, block_windows: int) -> list[Block]:
     """Split the windows into square blocks of at most ``block_windows`` per side, row-major."""
     n_r, n_c = len(grid.row_starts), len(grid.col_starts)
-    blocks = []
+    blocks: list[Block] = []
     for r0 in range(0, n_r, block_windows):
         for c0 in range(0, n_c, block_windows):
             blocks.append(

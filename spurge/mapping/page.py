@@ -372,7 +372,7 @@ def write_html(
     _add_points(fmap, folium, points, provenance)
     _add_controls(fmap, folium)
     fmap.fit_bounds([list(bounds[0]), list(bounds[1])], padding=(16, 16))
-    root = fmap.get_root()
+    root: Any = fmap.get_root()  # a branca Figure: html, header (untyped)
     root.html.add_child(Element(legend_html(threshold_pct, provenance)))
     root.header.add_child(Element(f"<title>{html.escape(title)}</title>"))
     root.header.add_child(Element("<style>.spurge-cells { image-rendering: pixelated; }</style>"))

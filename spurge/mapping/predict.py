@@ -290,7 +290,7 @@ def plan_dense_blocks(grid: MapGrid, block_windows: int) -> list[Block]:
 
     rows = starts(grid.rows, grid.window_h, grid.stride_y)
     cols = starts(grid.cols, grid.window_w, grid.stride_x)
-    blocks = []
+    blocks: list[Block] = []
     for r0, r1 in itertools.pairwise(rows):
         for c0, c1 in itertools.pairwise(cols):
             blocks.append(Block(len(blocks), (r0, r1), (c0, c1)))

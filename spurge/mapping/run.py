@@ -160,19 +160,19 @@ def map_orthos(
     """
     settings = _settings(settings, overrides)
     settings = replace(settings, device=str(resolve_device(settings.device)))
-    orthos = [Path(o) for o in orthos]
-    _check_names(orthos)
+    paths = [Path(o) for o in orthos]
+    _check_names(paths)
     run_dir = Path(run_dir)
     model, card = _load_model(run_dir)
     # Check the model and every orthomosaic before anything is written, so a bad second
     # ortho does not stop the run after the first was mapped.
-    plans = [plan_ortho(o, card, settings) for o in orthos]
+    plans = [plan_ortho(o, card, settings) for o in paths]
     if settings.method == "dense":
         stride = probe_stride(feature_extractor(card.backbone, model.backbone), card.input_size)
         plans = [_dense_plan(p, card, stride, settings.cell_size) for p in plans]
     out = Path(out_dir)
-    finals = [p for o in orthos for p in output_paths(out, o.stem, settings.writer_names).values()]
-    refuse_overwriting_inputs(finals, [*orthos, run_dir / MODEL_CARD, run_dir / MODEL_WEIGHTS])
+    finals = [p for o in paths for p in output_paths(out, o.stem, settings.writer_names).values()]
+    refuse_overwriting_inputs(finals, [*paths, run_dir / MODEL_CARD, run_dir / MODEL_WEIGHTS])
     out = ensure_writable_dir(out)
     remove_stale_temporaries(out)  # only those of dead runs
     result = MapResult(out_dir=out, threshold=settings.threshold)
@@ -455,7 +455,9 @@ def _run_local(
     # Read the next block in a thread while the model classifies this one: GDAL decoding and
     # torch both release the GIL, so reading hides behind the forward.
     with ThreadPoolExecutor(max_workers=1) as reader:
-        ahead = reader.submit(read, grid, todo[0], settings) if todo else None
+        if not todo:
+            return
+        ahead = reader.submit(read, grid, todo[0], settings)
         for i, block in enumerate(todo):
             pixels = ahead.result()
             if i + 1 < len(todo):

@@ -468,7 +468,8 @@ def plot_curve(curve: list[dict[str, float]], path: Path, best_step: int) -> Non
     ax.set_ylabel("train loss", color="tab:blue")
     if any("val_balanced_accuracy" in p for p in curve):
         twin = ax.twinx()
-        twin.plot(steps, [p.get("val_balanced_accuracy") for p in curve], color="tab:orange")
+        val = [p.get("val_balanced_accuracy", float("nan")) for p in curve]
+        twin.plot(steps, val, color="tab:orange")
         twin.set_ylabel("val balanced accuracy", color="tab:orange")
         twin.set_ylim(0, 1.02)
         twin.axvline(best_step, color="grey", linestyle=":", linewidth=1)
