@@ -522,7 +522,7 @@ def test_progress_bars_only_on_a_terminal(store, tmp_path, monkeypatch, capsys):
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     augment(tiles, config, tmp_path / "tty", settings, **common)
-    assert "augment:" in terminal.getvalue() and "token <absent>:" in terminal.getvalue()
+    assert "augment:" in terminal.getvalue() and "token absent:" in terminal.getvalue()
     quiet = _Terminal()
     monkeypatch.setattr(sys, "stderr", quiet)
     augment(tiles, config, tmp_path / "quiet", settings, progress=False, **common)

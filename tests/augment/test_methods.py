@@ -19,6 +19,7 @@ from spurge.augment.textual_inversion import TokenSettings, labelled_train_tiles
 from spurge.cli import cli
 from spurge.errors import ConfigError
 from spurge.io.synthetic import read_synthetic_manifest
+from spurge.train import TrainSettings
 from tests.builders import make_site_tiles, make_small_tiles, tiny_config
 
 FAST = dict(model="tiny-random", progress=False)
@@ -144,8 +145,8 @@ def test_evaluate_takes_baselines_from_the_registry(tmp_path, monkeypatch):
     class Stop(Exception):
         pass
 
-    def fake_train(*args, **kwargs):
-        calls.append(kwargs)
+    def fake_train(tiles_dir, config, run_dir, settings, synthetic_dir=None):
+        calls.append({"settings": settings, "synthetic_dir": synthetic_dir})
         raise Stop
 
     monkeypatch.setattr(evaluate_module, "train", fake_train)
@@ -153,14 +154,14 @@ def test_evaluate_takes_baselines_from_the_registry(tmp_path, monkeypatch):
     try:
         with pytest.raises(Stop):
             evaluate_module.evaluate(
-                tiles, tiny_config(), tmp_path / "eval", methods=["heavy-jitter"], shots=[1],
-                seeds=[0], progress=False,
+                tiles, tiny_config(), tmp_path / "eval", TrainSettings(progress=False),
+                methods=["heavy-jitter"], shots=[1], seeds=[0],
             )  # fmt: skip
         with pytest.raises(ConfigError, match="unknown method 'made-up'"):
             evaluate_module.evaluate(tiles, tiny_config(), tmp_path / "e2", methods=["made-up"])
     finally:
         unregister("heavy-jitter")
-    assert calls[0]["synthetic_dir"] is None and calls[0]["randaugment"] is True
+    assert calls[0]["synthetic_dir"] is None and calls[0]["settings"].randaugment is True
 
 
 def test_negative_prompt_is_part_of_the_image_id(tmp_path):
