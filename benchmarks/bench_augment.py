@@ -182,33 +182,18 @@ def bench_tiny(args: argparse.Namespace) -> None:
         ours_count, ref_count = UnetCounter(ours_model.pipe.unet), UnetCounter(ref_model.pipe.unet)
 
         start = time.perf_counter()
+        ours = GenerationSettings(per_tile=args.per_tile, steps=25, batch_size=args.batch_size)
         first = augment(
-            tiles,
-            config,
-            root / "syn",
-            model=ours_model,
-            per_tile=args.per_tile,
-            steps=25,
-            batch_size=args.batch_size,
-            tokens_dir=tokens,
-            progress=False,
+            tiles, config, root / "syn", ours, model=ours_model, tokens_dir=tokens, progress=False
         )
         ours_s = time.perf_counter() - start
         n_images = first.generated
 
         start = time.perf_counter()
         again = augment(
-            tiles,
-            config,
-            root / "syn",
-            model="tiny-random",
-            per_tile=args.per_tile,
-            steps=25,
-            batch_size=args.batch_size,
-            tokens_dir=tokens,
-            progress=False,
-            device=args.device,
-        )
+            tiles, config, root / "syn", ours, model="tiny-random", tokens_dir=tokens,
+            progress=False, device=args.device,
+        )  # fmt: skip
         rerun_s = time.perf_counter() - start
         assert again.generated == 0
 
@@ -216,18 +201,13 @@ def bench_tiny(args: argparse.Namespace) -> None:
         eq_model = load_model("tiny-random", device=args.device, sampler="pndm")
         eq_count = UnetCounter(eq_model.pipe.unet)
         start = time.perf_counter()
-        equal = augment(
-            tiles,
-            config,
-            root / "syn_equal",
-            model=eq_model,
-            per_tile=args.per_tile,
-            steps=50,
-            sampler="pndm",
-            batch_size=args.batch_size,
-            tokens_dir=tokens,
-            progress=False,
+        equal_settings = GenerationSettings(
+            per_tile=args.per_tile, steps=50, sampler="pndm", batch_size=args.batch_size
         )
+        equal = augment(
+            tiles, config, root / "syn_equal", equal_settings, model=eq_model, tokens_dir=tokens,
+            progress=False,
+        )  # fmt: skip
         eq_s = time.perf_counter() - start
 
         # The reference loop: same plan items, one pipeline call each, PNDM 50 steps.

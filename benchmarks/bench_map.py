@@ -56,7 +56,7 @@ from spurge.mapping.dense import read_region  # noqa: E402
 from spurge.mapping.grid import MapGrid  # noqa: E402
 from spurge.synthetic import synthesize  # noqa: E402
 from spurge.tiling import tile_plots  # noqa: E402
-from spurge.train import train  # noqa: E402
+from spurge.train import TrainSettings, train  # noqa: E402
 
 SITE_PX = 2000
 SHOTS = 16
@@ -144,7 +144,12 @@ def train_model(work: Path) -> tuple[Path, Path, Path]:
     tiles = work / "tiles"
     tile_plots(synth.orthos, synth.plots, config, tiles, progress=False)
     run = work / "run"
-    train(tiles, config, run, shots=SHOTS, seed=0, steps=150, device="cpu", progress=False)
+    train(
+        tiles,
+        config,
+        run,
+        TrainSettings(shots=SHOTS, seed=0, steps=150, device="cpu", progress=False),
+    )
     manifest = read_tile_manifest(tiles)
     test_site = sorted(set(manifest.loc[manifest["split"] == "test", "site"]))[0]
     i = [o.stem for o in synth.orthos].index(test_site)
