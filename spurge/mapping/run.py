@@ -334,30 +334,24 @@ def _block_settings(
     plan: OrthoPlan, run_dir: Path, card: ModelCard, settings: MapSettings
 ) -> BlockSettings | DenseSettings:
     config = card.species_config()
-    if settings.method == "dense":
-        return DenseSettings(
-            ortho=str(plan.ortho.resolve()),
-            run_dir=str(run_dir.resolve()),
-            weights_sha256=card.weights_sha256,
-            scaling=plan.scaling.to_dict(),
-            alpha_band=config.alpha_band,
-            max_nodata_fraction=config.max_nodata_fraction,
-            device=settings.device,
-            # 16 windows per forward keep CPU activations near 200 MB; GPUs take more.
-            batch_tiles=settings.batch_size * 4 if settings.device != "cpu" else 16,
-            positive=card.positive_index,
-        )
-    return BlockSettings(
+    common: dict[str, Any] = dict(
         ortho=str(plan.ortho.resolve()),
         run_dir=str(run_dir.resolve()),
         weights_sha256=card.weights_sha256,
         scaling=plan.scaling.to_dict(),
         alpha_band=config.alpha_band,
+        max_nodata_fraction=config.max_nodata_fraction,
+        device=settings.device,
+    )
+    if settings.method == "dense":
+        # 16 windows per forward keep CPU activations near 200 MB; GPUs take more.
+        batch_tiles = settings.batch_size * 4 if settings.device != "cpu" else 16
+        return DenseSettings(**common, batch_tiles=batch_tiles, positive=card.positive_index)
+    return BlockSettings(
+        **common,
         tile_size_px=card.tile_size_px,
         batch_size=settings.batch_size,
         blend=settings.blend,
-        max_nodata_fraction=config.max_nodata_fraction,
-        device=settings.device,
     )
 
 

@@ -51,16 +51,20 @@ def test_every_combination_then_resume(tiles_dir, tmp_path):
     root = tmp_path / "syn"
     make_synthetic_store(root / "da-fusion", tiles_dir, per_tile=1)
     out = tmp_path / "eval"
-    result = evaluate(
-        tiles_dir,
-        tiny_config(),
-        out,
-        synthetic_root=root,
-        methods=["none", "randaugment", "da-fusion"],
-        shots=[1, 2],
-        seeds=[0, 1],
-        settings=FAST,
-    )
+
+    def run_all() -> EvaluateResult:
+        return evaluate(
+            tiles_dir,
+            tiny_config(),
+            out,
+            synthetic_root=root,
+            methods=["none", "randaugment", "da-fusion"],
+            shots=[1, 2],
+            seeds=[0, 1],
+            settings=FAST,
+        )
+
+    result = run_all()
     assert result.trained == 12 and result.skipped == 0
     runs = pd.read_csv(out / "results.csv")
     assert len(runs) == 12
@@ -88,16 +92,7 @@ def test_every_combination_then_resume(tiles_dir, tmp_path):
     assert "| da-fusion |" in summary and "2 shots" in summary
     assert "n/a" not in summary  # two seeds: real intervals
     # Re-running skips finished runs and gives the same table.
-    again = evaluate(
-        tiles_dir,
-        tiny_config(),
-        out,
-        synthetic_root=root,
-        methods=["none", "randaugment", "da-fusion"],
-        shots=[1, 2],
-        seeds=[0, 1],
-        settings=FAST,
-    )
+    again = run_all()
     assert again.trained == 0 and again.skipped == 12
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), runs)
     # A half-finished run (no metrics.json) is redone.
