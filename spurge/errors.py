@@ -105,6 +105,14 @@ class OutputError(SpurgeError):
     """An output location that cannot be written."""
 
 
+class WriteFailed(OutputError, OSError):
+    """A file that could not be written (disk full, quota, read-only, I/O error).
+
+    Names the file the user would see (never a temporary) and stays an :class:`OSError`, so
+    code that handles a failed write as an OSError keeps working.
+    """
+
+
 class DeviceError(SpurgeError):
     """A compute device (``--device``) that this machine does not have."""
 

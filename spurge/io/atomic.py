@@ -12,14 +12,16 @@ writing into one shared folder must not share an output folder).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from spurge.errors import OutputError
+from spurge.errors import OutputError, SpurgeError, WriteFailed
 
 TMP_PREFIX = ".spurge-tmp-"
 
@@ -61,23 +63,43 @@ def _owner_alive(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, check_folder: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is renamed to ``path``.
 
-    On any exception the temporary file (or folder) is removed and ``path`` is untouched.
+    On any exception the temporary file (or folder) is removed and ``path`` is untouched; a
+    full disk (or quota, read-only file system, I/O error) becomes a :class:`WriteFailed`
+    naming ``path``. ``check_folder=False`` skips the check that the folder is writable, for
+    callers that write many files into a folder they checked once (tile PNGs).
     """
     path = Path(path)
-    ensure_writable_dir(path.parent)
+    if check_folder:
+        ensure_writable_dir(path.parent)
     tmp = temporary_sibling(path)
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        disk = isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
+        if disk and not isinstance(exc, SpurgeError):
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise WriteFailed(f"cannot write ({reason})", final_path(path)) from exc
         raise
+
+
+#: Write failures that are about the disk, not the program: named as one-line errors.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
+_TMP_NAME = re.compile(r"^" + re.escape(TMP_PREFIX) + r"\d+-[0-9a-f]+-")
+
+
+def final_path(path: Path) -> Path:
+    """``path`` with any temporary prefix taken off: the name the user will look for."""
+    while _TMP_NAME.match(path.name):
+        path = path.with_name(_TMP_NAME.sub("", path.name, count=1))
+    return path
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

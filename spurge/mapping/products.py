@@ -28,7 +28,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from spurge.classifier import ModelCard
-from spurge.errors import OutputError
+from spurge.errors import OutputError, SpurgeError
 from spurge.io.atomic import sha256_file, temporary_sibling
 from spurge.mapping.gpx import write_gpx
 from spurge.mapping.grid import MapGrid
@@ -330,6 +330,8 @@ def _naming(path: Path) -> Iterator[None]:
     """Turn an ``OSError`` (no space left, quota, I/O error) into an error naming ``path``."""
     try:
         yield
+    except SpurgeError:
+        raise
     except OSError as exc:
         reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
         raise OutputError(f"cannot write ({reason})", path) from exc

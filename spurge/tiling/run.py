@@ -36,10 +36,10 @@ from tqdm import tqdm
 from spurge.config import SpeciesConfig
 from spurge.errors import RasterError, VectorError
 from spurge.io.atomic import (
+    atomic_path,
     ensure_writable_dir,
     remove_stale_temporaries,
     sha256_file,
-    temporary_sibling,
 )
 from spurge.io.paths import refuse_overwriting_inputs
 from spurge.io.raster import (
@@ -188,15 +188,9 @@ def write_tile_png(path: Path, rgb: np.ndarray) -> bool:
                     return False
         except OSError:
             pass  # unreadable leftovers are rewritten
-    # Same temp-then-rename as spurge.io.atomic.atomic_path, minus its per-call folder check
-    # (the tile folders are created once up front): this runs once per tile.
-    tmp = temporary_sibling(path)
-    try:
+    # The tile folders are created and checked once up front: this runs once per tile.
+    with atomic_path(path, check_folder=False) as tmp:
         tmp.write_bytes(encode_png(rgb))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return True
 
 

@@ -512,3 +512,40 @@ def test_compound_crs_summary_names_the_crs_not_wkt(inputs: Path, tmp_path: Path
     assert "PROJCRS" not in result.output and "COMPOUNDCRS" not in result.output
     assert len(read_tile_manifest(tmp_path / "t")) == 4 * N_PLOTS
     assert leftover_temporaries(tmp_path / "t") == []
+
+
+def test_full_disk_while_writing_tiles_names_the_tile(
+    inputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14 item 11, tile side: ENOSPC mid-way through the tile PNGs is one line naming
+    the PNG (not "unexpected OSError"), nothing is left under a final name or as a temporary,
+    and the same command completes once there is space again.
+    """
+    import errno
+
+    real = Path.write_bytes
+    written = {"n": 0}
+
+    def full_after_three(self: Path, data: bytes) -> int:
+        if self.name.endswith(".png"):
+            written["n"] += 1
+            if written["n"] > 3:
+                real(self, data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    out = tmp_path / "tiles"
+    before = checksums([inputs])
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "write_bytes", full_after_three)
+        result = tile(inputs, out)
+    assert_one_line_error(result, "cannot write (No space left on device)")
+    line = result.output.strip()
+    assert line.endswith(".png: cannot write (No space left on device)"), line
+    assert ".spurge-tmp-" not in line  # the name the user will look for, not a temporary
+    assert leftover_temporaries(out) == []
+    assert not (out / "tiles.parquet").exists()
+    assert checksums([inputs]) == before
+    again = tile(inputs, out)
+    assert again.exit_code == 0, again.output
+    assert (out / "tiles.parquet").is_file()
