@@ -248,6 +248,10 @@ def _dask_client(settings: MapSettings) -> Iterator[Any]:
                 threads_per_worker=1,
                 processes=settings.processes,
                 dashboard_address=None,
+                # Workers log from their own processes: after Ctrl-C each reports its cancelled
+                # task as a WARNING, which would bury the CLI's one-line message. Errors still
+                # show; a real failure reaches the user as the task's exception anyway.
+                silence_logs=logging.ERROR,
             )
         client = Client(cluster)
     try:
