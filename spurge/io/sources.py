@@ -129,10 +129,8 @@ def check_tiles_config(tiles_dir: str | Path, config: SpeciesConfig) -> None:
     data = read_sources_file(tiles_dir)
     if data is None:
         return
+    # Older sources.json files recorded only tile_size_px: check the keys that are there.
     recorded = {key: data[key] for key in GEOMETRY_KEYS if key in data}
-    if "tile_size_px" not in recorded and "config_fingerprint" in data:
-        # Older sources.json recorded only the tile size and the fingerprint.
-        recorded["tile_size_px"] = data.get("tile_size_px")
     differing = [
         f"{key} {recorded[key]} (tiles) vs {getattr(config, key)} (config)"
         for key in GEOMETRY_KEYS

@@ -109,6 +109,4 @@ def read_table(
         )
     if "path" in frame.columns:
         check_relative_paths(frame["path"], path)
-    frame = frame.astype(dict(columns))
-    frame.attrs["config_fingerprint"] = None if recorded is None else recorded.decode()
-    return frame
+    return frame.astype(dict(columns))
