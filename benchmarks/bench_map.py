@@ -192,7 +192,7 @@ def agreement(
     settings = map_predict.DenseSettings(
         str(ortho), str(run), card.weights_sha256, scaling.to_dict(), None, 0.25, context=context
     )
-    probs = map_predict.dense_window_probabilities(grid, settings)
+    probs = map_predict.dense_window_probabilities(grid, settings).probs
     dense = np.rint(map_predict.blend_window_probabilities(grid, probs)[1] * 100)
     windows = read_prob(windows_out, ortho)[0].astype(float)
     presence = float(((dense >= 50) == (windows >= 50)).mean())

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import threading
+from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,16 +28,17 @@ from spurge.io.raster import BandScaling, open_ortho, read_window_rgb8
 from spurge.mapping.dense import (
     DenseGeometry,
     DenseModel,
+    Refinement,
+    WindowGate,
+    WindowProbabilities,
     cell_edges,
     cell_probabilities,
     cell_valid_share,
     feature_extractor,
-    footprint_weights,
-    pool_logits,
     probe_stride,
     read_region,
     region_bounds,
-    softmax,
+    window_probabilities,
 )
 from spurge.mapping.grid import (
     Block,
@@ -251,13 +254,27 @@ class DenseSettings:
     #: Cap fine cells by the windows covering them (see ``dense.gate_by_windows``).
     gate: bool = True
     positive: int = 1
+    #: The map's presence threshold: windows near it are classified alone (``Refinement``).
+    threshold: float = 0.5
+    #: Half-width of that band in probability; None pools every off-lattice window.
+    refine_band: float | None = 0.1
 
     @property
     def margin(self) -> int:
-        """Windows read around each block: context for the context pass, and the windows
-        covering the block's edge cells for the gate.
+        """Windows read around each block: context for the context pass; for the gate, the
+        windows covering the block's edge cells (one window) and the windows sharing a
+        windows-mode cell with those, which decide whether they are refined (two).
         """
-        return 1 if self.context or self.gate else 0
+        if self.gate:
+            return 2 if self.refine_band is not None else 1
+        return 1 if self.context else 0
+
+    def refinement(self, grid: MapGrid) -> Refinement | None:
+        """The window refinement rule on this grid's windows, or None."""
+        if self.refine_band is None:
+            return None
+        cells = (max(1, grid.window_h // 2), max(1, grid.window_w // 2))
+        return Refinement(self.threshold, self.positive, *cells, self.refine_band)
 
 
 @dataclass
@@ -297,13 +314,24 @@ def plan_dense_blocks(grid: MapGrid, block_windows: int) -> list[Block]:
     return blocks
 
 
-_DENSE: dict[tuple[str, str, str], DenseModel] = {}
+#: Dense models by run, device, grid and ortho, the most recently used last. Each holds its
+#: ortho's window CAM cache, so only the last few are kept.
+_DENSE: OrderedDict[tuple[str, str, str], DenseModel] = OrderedDict()
+_DENSE_KEPT = 2
 
 
 def cached_dense_model(grid: MapGrid, settings: DenseSettings) -> tuple[DenseModel, ModelCard]:
     """The run's model as a :class:`DenseModel` on the settings' device, once per process."""
     model, card = cached_model(settings.run_dir, settings.weights_sha256, settings.device)
-    key = (settings.run_dir, settings.weights_sha256, f"{settings.device}{grid}{settings.context}")
+    # One per ortho (as it is on disk now) and scaling too: its cache holds that ortho's
+    # window CAMs.
+    stat = os.stat(settings.ortho)
+    key = (
+        settings.run_dir,
+        settings.weights_sha256,
+        f"{settings.device}{grid}{settings.context}{settings.ortho}{stat.st_size}"
+        f"{stat.st_mtime_ns}{settings.scaling}{settings.alpha_band}{settings.batch_tiles}",
+    )
     with _MODEL_LOCK:
         if key not in _DENSE:
             features = feature_extractor(card.backbone, model.backbone)
@@ -321,13 +349,15 @@ def cached_dense_model(grid: MapGrid, settings: DenseSettings) -> tuple[DenseMod
             _DENSE[key] = DenseModel(
                 features,
                 model.head,
-                card.mean,
-                card.std,
+                card.transform,
                 geometry,
                 device,
                 not settings.context,
                 settings.batch_tiles,
             )
+            while len(_DENSE) > _DENSE_KEPT:
+                _DENSE.popitem(last=False)
+        _DENSE.move_to_end(key)
         return _DENSE[key], card
 
 
@@ -375,14 +405,19 @@ def classify_dense_block(
     """CAM logits of the region averaged over each cell -> class probabilities per cell."""
     dense, _ = cached_dense_model(grid, settings)
     block = region.block
+    origin = (region.rows[0], region.cols[0])
     gate = None
     if settings.gate:
-        gate = (
+        gate = WindowGate(
             _starts_inside(grid.height, grid.window_h, region.rows),
             _starts_inside(grid.width, grid.window_w, region.cols),
             settings.positive,
+            settings.refinement(grid),
+            (grid.height, grid.width),
         )
-    probs = cell_probabilities(dense, region.rgb, region.inside, *region.edges, gate)
+    probs, _refined = cell_probabilities(
+        dense, region.rgb, region.inside, origin, *region.edges, gate
+    )
     # A cell is mapped when no more of it is nodata than a window may be.
     keep = (1.0 - region.share) <= settings.max_nodata_fraction
     weights = keep.astype(np.float64)
@@ -402,23 +437,27 @@ def predict_dense_block(grid: MapGrid, block: Block, settings: DenseSettings) ->
     return classify_dense_block(grid, read_dense_block(grid, block, settings), settings)
 
 
-def dense_window_probabilities(grid: MapGrid, settings: DenseSettings) -> np.ndarray:
+def dense_window_probabilities(grid: MapGrid, settings: DenseSettings) -> WindowProbabilities:
     """Class probabilities (C, window rows, window cols) of every window of ``grid`` (a window
-    plan) from one dense pass: the head applied to the backbone features averaged over each
-    window's footprint, which approximates classifying that window alone.
+    plan) from one dense pass, as a dense block computes them for its gate: the head on the
+    lattice features averaged over each window's footprint, windows near the decision
+    classified alone (``settings.refine_band``).
 
     For checks and benchmarks: it holds the whole ortho's region at once.
     """
     dense, _ = cached_dense_model(grid, settings)
-    g = dense.geometry
     everything = Block(0, (0, grid.rows), (0, grid.cols))
     region = read_dense_block(grid, everything, settings)
-    cam = dense.logits(region.rgb, region.inside)
-    rows = np.array(grid.row_starts) - region.rows[0]
-    cols = np.array(grid.col_starts) - region.cols[0]
-    rows_w = footprint_weights(rows, rows + grid.window_h, 0, g.step_y, cam.shape[1])
-    cols_w = footprint_weights(cols, cols + grid.window_w, 0, g.step_x, cam.shape[2])
-    return softmax(pool_logits(cam, rows_w, cols_w))
+    origin = (region.rows[0], region.cols[0])
+    cam = dense.logits(region.rgb, region.inside, origin)
+    starts = (
+        np.array(grid.row_starts) - region.rows[0],
+        np.array(grid.col_starts) - region.cols[0],
+    )
+    full = (grid.height, grid.width)
+    refine = settings.refinement(grid)
+    return window_probabilities(dense, region.rgb, region.inside, origin, cam, starts, full,
+                                None, refine)  # fmt: skip
 
 
 def blend_window_probabilities(grid: MapGrid, probs: np.ndarray) -> np.ndarray:

@@ -350,7 +350,12 @@ def _block_settings(
     if settings.method == "dense":
         # 16 windows per forward keep CPU activations near 200 MB; GPUs take more.
         batch_tiles = settings.batch_size * 4 if settings.device != "cpu" else 16
-        return DenseSettings(**common, batch_tiles=batch_tiles, positive=card.positive_index)
+        return DenseSettings(
+            **common,
+            batch_tiles=batch_tiles,
+            positive=card.positive_index,
+            threshold=settings.threshold,
+        )
     return BlockSettings(
         **common,
         tile_size_px=card.tile_size_px,

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import torch
+from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
 from spurge.classifier import ModelCard, build_classifier, load_model, save_model
-from spurge.io.raster import compute_scaling
+from spurge.io.raster import compute_scaling, read_window_rgb8
 from spurge.mapping import map_orthos
 from spurge.mapping import predict as map_predict
 from spurge.mapping.dense import (
@@ -96,7 +98,7 @@ def test_dense_window_pooling_reproduces_windows(synth, colour_run, tmp_path):
     grid, settings = _window_settings(ortho, colour_run)
     assert windows.maps[0].grid.stride_x == grid.stride_x
     cells = map_predict.blend_window_probabilities(
-        grid, map_predict.dense_window_probabilities(grid, settings)
+        grid, map_predict.dense_window_probabilities(grid, settings).probs
     )[1]
     expected = _prob(tmp_path / "w", ortho).astype(float) / 100
     assert cells.shape == expected.shape
@@ -104,6 +106,115 @@ def test_dense_window_pooling_reproduces_windows(synth, colour_run, tmp_path):
     assert np.abs(dense_pct - expected).mean() < 0.01
     assert ((dense_pct >= 0.5) == (expected >= 0.5)).mean() >= 0.97
     assert (expected >= 0.5).sum() >= 5  # the ortho holds spurge the rule finds
+
+
+@pytest.fixture
+def fresh_dense_models():
+    """No dense model (nor its window CAM cache) carried over from an earlier map."""
+    map_predict._DENSE.clear()
+    yield
+    map_predict._DENSE.clear()
+
+
+@pytest.fixture(scope="module")
+def spread_run(synth, tmp_path_factory):
+    """``random-small`` with a head scaled and centred so that its window probabilities on
+    the test ortho spread around 0.5 (logit differences: median 0, std 2).
+    """
+    run_dir = tmp_path_factory.mktemp("spread")
+    torch.manual_seed(1)
+    model, spec = build_classifier("random-small", 2, pretrained=False)
+    card = ModelCard.for_classifier("random-small", spec, tiny_config())
+    with rasterio.open(synth.orthos[0]) as src:
+        config = card.species_config()
+        scaling = compute_scaling(src, config.bands, config.scale_percentiles)
+        images = np.stack(
+            [read_window_rgb8(src, Window(x, y, TILE_PX, TILE_PX), scaling)[0]
+             for y in range(0, SIZE_PX - TILE_PX + 1, 16)
+             for x in range(0, SIZE_PX - TILE_PX + 1, 16)]
+        )  # fmt: skip
+    model.eval()
+    with torch.no_grad():
+        features = model.backbone(card.transform(images))
+        d = features @ (model.head.weight[1] - model.head.weight[0])
+        k = 2.0 / float(d.std())
+        model.head.weight.mul_(k)
+        model.head.bias.copy_(torch.tensor([0.0, -k * float(d.median())]))
+    save_model(model, card, run_dir)
+    return run_dir
+
+
+def _windows_mode_probabilities(ortho: Path, run_dir: Path, grid: MapGrid) -> np.ndarray:
+    """P(present) of every window of ``grid`` classified alone, as windows mode does."""
+    model, card = load_model(run_dir)
+    config = card.species_config()
+    with rasterio.open(ortho) as src:
+        scaling = compute_scaling(src, config.bands, config.scale_percentiles)
+        images = [
+            [
+                read_window_rgb8(src, Window(x, y, TILE_PX, TILE_PX), scaling)[0]
+                for x in grid.col_starts
+            ]  # fmt: skip
+            for y in grid.row_starts
+        ]
+    probs = [map_predict.predict_windows(model, card, np.stack(row))[:, 1] for row in images]
+    return np.array(probs)
+
+
+def test_lattice_and_refined_windows_are_the_window_classifier(
+    synth, spread_run, fresh_dense_models
+):
+    """Windows on the lattice (tiles) give exactly the window classifier's probability (the
+    same resize, 8-bit rounding and normalisation: the tiles are upsampled 32 -> 64 px here),
+    and so does every window the refinement classifies alone.
+    """
+    ortho = synth.orthos[0]
+    grid, settings = _window_settings(ortho, spread_run)
+    expected = _windows_mode_probabilities(ortho, spread_run, grid)
+    assert expected.std() > 0.1  # the model says different things in different places
+
+    pooled = map_predict.dense_window_probabilities(
+        grid, replace(settings, refine_band=None)
+    ).probs[1]
+    lattice = (np.array(grid.row_starts) % TILE_PX == 0)[:, None] & (
+        np.array(grid.col_starts) % TILE_PX == 0
+    )[None]
+    assert lattice.sum() >= 16
+    np.testing.assert_allclose(pooled[lattice], expected[lattice], atol=1e-5)
+    assert np.abs(pooled[~lattice] - expected[~lattice]).max() > 0.02  # approximated
+
+    every = map_predict.dense_window_probabilities(grid, replace(settings, refine_band=1.0))
+    assert every.refined == (~lattice).sum()
+    np.testing.assert_allclose(every.probs[1], expected, atol=1e-5)
+
+    default = map_predict.dense_window_probabilities(grid, settings)
+    assert 0 < default.refined < (~lattice).sum()
+    refined = np.abs(default.probs[1] - pooled) > 0
+    np.testing.assert_allclose(default.probs[1][refined], expected[refined], atol=1e-5)
+    # What was left pooled is far enough from the threshold for its own decision to hold.
+    left = ~refined & ~lattice
+    assert (np.abs(pooled[left] - 0.5) >= 0.1).all()
+
+
+def test_window_cams_do_not_depend_on_batching(synth, random_run, fresh_dense_models):
+    """Every forward holds batch_tiles windows, so a window's CAM is the same bytes whatever
+    it is computed with: what makes the per-ortho cache and block seams exact.
+    """
+    grid, settings = _window_settings(synth.orthos[0], random_run)
+    dense, _ = map_predict.cached_dense_model(grid, replace(settings, batch_tiles=4))
+    region = map_predict.read_dense_block(
+        grid, map_predict.Block(0, (0, grid.rows), (0, grid.cols)), settings
+    )
+    offsets = np.array([[0, 0], [16, 48], [32, 0], [64, 96], [96, 32], [8, 8]])
+    together = dense.window_cams(region.rgb, region.inside, (0, 0), offsets)
+    for i in range(len(offsets)):
+        dense.cache.items.clear()
+        alone = dense.window_cams(region.rgb, region.inside, (0, 0), offsets[i : i + 1])
+        assert torch.equal(alone[0], together[i])
+    assert dense.cache.computed == len(offsets) * 2
+    again = dense.window_cams(region.rgb, region.inside, (0, 0), offsets[::-1])
+    assert dense.cache.computed == len(offsets) * 2 + len(offsets) - 1  # the rest were cached
+    assert torch.equal(again, together.flip(0))
 
 
 def test_footprint_weights_exact():
@@ -146,7 +257,7 @@ def test_default_cell_is_one_feature_step(synth, random_run, tmp_path):
     assert (result.maps[0].grid.stride_x, result.maps[0].grid.stride_y) == (4, 4)
 
 
-def test_seams_one_block_equals_four_blocks(synth, random_run, tmp_path):
+def test_seams_one_block_equals_four_blocks(synth, random_run, tmp_path, fresh_dense_models):
     ortho = synth.orthos[0]
     one = map_orthos(
         [ortho],
@@ -321,28 +432,17 @@ def test_resume_after_interruption_gives_same_bytes(synth, random_run, tmp_path,
 
 
 def test_gate_caps_cells_by_covering_windows():
-    """Cells: 2 px; features: 2 px; windows: 4 px every 2 px. A cell whose own CAM says
-    present (z = 4) but whose best covering window is 50/50 gets 0.5.
+    """Cells: 2 px; windows: 4 px every 2 px, at 0, 2 and 4 (P = 0.5, 1 - s, 1 - s). A cell
+    whose own CAM says present (s) but whose best covering window is 50/50 gets 0.5.
     """
-    from spurge.mapping.dense import DenseGeometry, gate_by_windows
+    from spurge.mapping.dense import gate_by_windows
 
-    g = DenseGeometry(4, 4, 4, 2, 2, 2, 0)
-    z = torch.tensor([[4.0, -4.0, -4.0, -4.0]] * 2)
-    cam = torch.stack([torch.zeros_like(z), z])
     sig = 1 / (1 + math.exp(-4))
-    probs = np.stack([np.full((1, 4), 1 - sig), np.full((1, 4), 1 - sig)])
-    probs[1, 0, 0], probs[0, 0, 0] = sig, 1 - sig
-    probs[1, 0, 1:] = 1 - sig
-    probs[0, 0, 1:] = sig
-    out = gate_by_windows(
-        probs,
-        cam,
-        g,
-        np.array([0, 2]),
-        np.array([0, 2, 4, 6, 8]),
-        np.array([0]),
-        np.array([0, 2, 4]),
-        1,
-    )
+    probs = np.stack([np.full((1, 4), sig), np.full((1, 4), 1 - sig)])
+    probs[:, 0, 0] = 1 - sig, sig
+    centres_c = np.array([1, 3, 5, 7])  # cell centres against windows [0, 4), [2, 6), [4, 8)
+    cover_c = (centres_c[:, None] >= [0, 2, 4]) & (centres_c[:, None] < [4, 6, 8])
+    out = gate_by_windows(probs, np.array([[0.5, 1 - sig, 1 - sig]]), np.ones((1, 1), bool),
+                          cover_c, 1)  # fmt: skip
     np.testing.assert_allclose(out[1, 0], [0.5, 1 - sig, 1 - sig, 1 - sig], atol=1e-6)
     np.testing.assert_allclose(out.sum(axis=0), 1.0)
