@@ -391,6 +391,12 @@ def _method_help() -> str:
     "memory for a real-size model (fits 12 GB cards), slower steps, the same tokens.",
 )
 @click.option(
+    "--attention-slicing",
+    is_flag=True,
+    help="Compute attention in slices: less GPU memory (for cards under 8 GB, or when even "
+    "--batch-size 1 runs out of memory), slower, the same images.",
+)
+@click.option(
     "--filter",
     "filter_",
     type=click.Choice(["clip"]),
@@ -425,6 +431,7 @@ def augment(
     token_lr: float,
     token_batch_size: int,
     gradient_checkpointing: bool,
+    attention_slicing: bool,
     filter_: str | None,
     clip_model: str | None,
     clip_threshold: float,
@@ -478,6 +485,7 @@ def augment(
         tokens_dir=tokens_dir,
         train_tokens_only=train_tokens_only,
         filter_settings=clip,
+        attention_slicing=attention_slicing,
     )
     click.echo(result.summary())
 
@@ -739,7 +747,8 @@ def _map_outputs(ctx: click.Context, param: click.Parameter, value: str | None) 
     "--stride",
     type=click.IntRange(1),
     default=None,
-    help="Window step in ortho pixels; one output cell = one stride [default: half a window].",
+    help="Windows-mode window step in ortho pixels; one output cell = one stride (implies "
+    "--method windows) [default: half a window].",
 )
 @click.option(
     "--threshold",
@@ -799,12 +808,12 @@ def _map_outputs(ctx: click.Context, param: click.Parameter, value: str | None) 
 )
 @click.option(
     "--method",
-    type=click.Choice(["windows", "dense"]),  # MapSettings checks them against METHODS
-    default="windows",
-    show_default=True,
-    help="windows: classify overlapping model windows (cells = --stride). dense: run the "
-    "backbone once over the ortho and apply the head per feature (fine cells, faster; "
-    "not for dinov2).",
+    type=click.Choice(["dense", "windows"]),  # MapSettings checks them against METHODS
+    default=None,
+    help="dense: run the backbone once per ortho pixel and apply the head per feature (fine "
+    "cells, ~0.5 m, faster). windows: classify overlapping model windows (cells = --stride). "
+    "[default: dense; windows with --stride or for a backbone that cannot run densely, "
+    "e.g. dinov2]",
 )
 @click.option(
     "--cell-size",

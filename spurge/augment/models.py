@@ -468,10 +468,17 @@ class LazyModel:
     An up-to-date store or token file never pays for loading Stable Diffusion.
     """
 
-    def __init__(self, model: str, device: str | None = "auto", sampler: str = "dpm") -> None:
+    def __init__(
+        self,
+        model: str,
+        device: str | None = "auto",
+        sampler: str = "dpm",
+        attention_slicing: bool = False,
+    ) -> None:
         self.model_id, self.model_hash = describe_model(model)
         self.device = device
         self.sampler = sampler
+        self.attention_slicing = attention_slicing
         self._loaded: LoadedModel | None = None
 
     @classmethod
@@ -499,5 +506,10 @@ class LazyModel:
 
     def get(self) -> LoadedModel:
         if self._loaded is None:
-            self._loaded = load_model(self.model_id, device=self.device, sampler=self.sampler)
+            self._loaded = load_model(
+                self.model_id,
+                device=self.device,
+                sampler=self.sampler,
+                attention_slicing=self.attention_slicing,
+            )
         return self._loaded

@@ -160,6 +160,7 @@ def augment(
     train_tokens_only: bool = False,
     filter_settings: FilterSettings | None = None,
     progress: bool = True,
+    attention_slicing: bool = False,
 ) -> AugmentResult:
     """Make synthetic training tiles (DA-Fusion and baselines) into the store ``out_dir``.
 
@@ -168,9 +169,12 @@ def augment(
     batches. Re-running an identical plan generates nothing; a changed parameter regenerates
     only the images it affects and removes those no longer planned. ``model`` is a name
     (loaded only if something is to be generated) or a :class:`LoadedModel`, used as is.
-    Progress bars show only when ``progress`` and stderr is a terminal.
+    Progress bars show only when ``progress`` and stderr is a terminal. ``attention_slicing``
+    computes attention in slices when a model is loaded here: less GPU memory, slower, the
+    same images up to float rounding.
     """
-    run = open_run(tiles_dir, config, out_dir, generation or GenerationSettings(), model, device)
+    settings = generation or GenerationSettings()
+    run = open_run(tiles_dir, config, out_dir, settings, model, device, attention_slicing)
     tokens = Tokens()
     if run.settings.uses_tokens or train_tokens_only:
         tokens = prepare_tokens(run, token_settings, tokens_dir, _bars(progress))
@@ -197,6 +201,7 @@ def open_run(
     settings: GenerationSettings,
     model: str | LoadedModel,
     device: str | None,
+    attention_slicing: bool = False,
 ) -> AugmentRun:
     """Check the inputs, make the store folder and clear a killed run's temporaries."""
     started = time.perf_counter()
@@ -208,7 +213,8 @@ def open_run(
     if isinstance(model, LoadedModel):
         lazy, tag = LazyModel.from_loaded(model), sampler_name(model.pipe.scheduler)
     else:
-        lazy, tag = LazyModel(model, device=device, sampler=settings.sampler), settings.sampler
+        lazy = LazyModel(model, device, settings.sampler, attention_slicing)
+        tag = settings.sampler
     return AugmentRun(Path(tiles_dir), config, out, settings, lazy, tag, train, started)
 
 

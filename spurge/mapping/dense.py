@@ -272,6 +272,7 @@ class DenseModel:
         self.device = device
         self.transform = transform
         self.cache = CamCache()
+        self.forwards = 0  # backbone forwards of the tiled pass, for benchmarks
         if isinstance(features, nn.Module):
             # Channels-last weights match the channels-last input: the fast conv path.
             features.to(device).to(memory_format=torch.channels_last).eval()
@@ -358,6 +359,7 @@ class DenseModel:
                 batch = torch.cat([batch, pad]).contiguous(memory_format=torch.channels_last)
             with autocast:
                 feats = self.features(batch)[: len(chunk)].float()
+            self.forwards += 1
             cam = torch.einsum("cf,nfhw->nchw", self.weight, feats) + self.bias[:, None, None]
             for (y, x), one in zip(chunk, cam.cpu(), strict=True):
                 key = (origin[0] + int(y), origin[1] + int(x))

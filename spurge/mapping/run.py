@@ -39,7 +39,13 @@ from spurge.mapping.checkpoint import (
     output_lock,
     up_to_date,
 )
-from spurge.mapping.dense import cell_px_for, feature_extractor, finest_cell_px, probe_stride
+from spurge.mapping.dense import (
+    DenseUnsupportedError,
+    cell_px_for,
+    feature_extractor,
+    finest_cell_px,
+    probe_stride,
+)
 from spurge.mapping.grid import Block, MapGrid, plan_blocks
 from spurge.mapping.page import OrthoSource
 from spurge.mapping.plan import GsdWarning, OrthoPlan, check_card, plan_ortho
@@ -101,6 +107,8 @@ class MapResult:
     maps: list[OrthoMap] = field(default_factory=list)
     threshold: float = 0.5
     workers: str = "single process"
+    #: Why the default method (dense) was not used, when it was not.
+    method_note: str = ""
 
     def summary(self) -> str:
         parts = []
@@ -124,10 +132,11 @@ class MapResult:
                 f"band scaling {m.scaling_source}" + "".join(f" (note: {n})" for n in m.notes)
             )
         files = sorted({p.name for m in self.maps for p in m.outputs.values()})
+        note = f" Note: {self.method_note}." if self.method_note else ""
         return (
             f"Mapped {len(self.maps)} orthomosaic(s) into {self.out_dir} ({self.workers}; "
             f"presence where probability >= {self.threshold:.2f}): " + "; ".join(parts) + ". "
-            f"Files: {', '.join(files)}."
+            f"Files: {', '.join(files)}.{note}"
         )
 
 
@@ -164,6 +173,8 @@ def map_orthos(
     _check_names(paths)
     run_dir = Path(run_dir)
     model, card = _load_model(run_dir)
+    method, why = _choose_method(settings, card, model)
+    settings = replace(settings, method=method)
     # Check the model and every orthomosaic before anything is written, so a bad second
     # ortho does not stop the run after the first was mapped.
     plans = [plan_ortho(o, card, settings) for o in paths]
@@ -175,7 +186,7 @@ def map_orthos(
     refuse_overwriting_inputs(finals, [*paths, run_dir / MODEL_CARD, run_dir / MODEL_WEIGHTS])
     out = ensure_writable_dir(out)
     remove_stale_temporaries(out)  # only those of dead runs
-    result = MapResult(out_dir=out, threshold=settings.threshold)
+    result = MapResult(out_dir=out, threshold=settings.threshold, method_note=why)
     with _dask_client(settings) as client:
         if client is not None:
             result.workers = (
@@ -187,6 +198,21 @@ def map_orthos(
             with output_lock(out, plan.name):
                 result.maps.append(_map_one(plan, run_dir, card, out, settings, client))
     return result
+
+
+def _choose_method(settings: MapSettings, card: ModelCard, model: Any) -> tuple[str, str]:
+    """The method asked for, or (no ``--method``) dense where the backbone can run densely
+    and no ``--stride`` is asked for; with why windows was chosen instead ('' otherwise).
+    """
+    if settings.method is not None:
+        return settings.method, ""
+    if settings.stride is not None:
+        return "windows", ""
+    try:
+        feature_extractor(card.backbone, model.backbone)
+    except DenseUnsupportedError as exc:
+        return "windows", f"windows mode: {exc}"
+    return "dense", ""
 
 
 def _check_names(orthos: list[Path]) -> None:
@@ -292,7 +318,7 @@ def _map_one(
     paths = output_paths(out, plan.name, settings.writer_names)
     record_path = paths.pop("record")
     result = OrthoMap(plan.ortho, {**paths, "record": record_path}, plan.grid)
-    result.method = settings.method
+    result.method = settings.method or "windows"
     result.scaling_source = plan.scaling_source
     key = fingerprint(plan, card, settings)
     if up_to_date(paths, record_path, key):

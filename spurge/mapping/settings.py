@@ -45,7 +45,9 @@ class MapSettings:
         scheduler: address of an existing Dask scheduler (``tcp://host:8786``) instead.
         processes: LocalCluster workers as processes (True) or threads (False).
         progress: show progress bars (None: when stderr is a terminal).
-        method: ``windows`` or ``dense`` (:data:`METHODS`).
+        method: ``dense`` or ``windows`` (:data:`METHODS`); None (the default): dense where
+            the model's backbone can run densely and no ``stride`` is asked for, windows
+            otherwise (:func:`spurge.mapping.map_orthos` decides and the summary says so).
         cell_size: dense output cell in metres (None: one backbone feature step).
         device: ``auto``, ``cpu``, ``cuda`` or ``mps`` (:func:`spurge.device.resolve_device`);
             :func:`spurge.mapping.map_orthos` resolves it before the fingerprint is taken,
@@ -65,15 +67,19 @@ class MapSettings:
     scheduler: str | None = None
     processes: bool = True
     progress: bool | None = field(default=None, compare=False)
-    method: str = "windows"
+    method: str | None = None
     cell_size: float | None = None
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
+        if self.method is not None and self.method not in METHODS:
             raise SpurgeError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.cell_size is not None and self.method != "dense":
-            raise SpurgeError("--cell-size needs --method dense (windows cells are the --stride)")
+        if self.cell_size is not None and self.method == "windows":
+            raise SpurgeError("--cell-size is for --method dense (windows cells are the --stride)")
+        if self.stride is not None and self.method == "dense":
+            raise SpurgeError("--stride is for --method windows (dense cells are the --cell-size)")
+        if self.stride is not None and self.cell_size is not None:
+            raise SpurgeError("--stride (windows) and --cell-size (dense) exclude each other")
         if self.cell_size is not None and not self.cell_size > 0:
             raise SpurgeError(
                 f"--cell-size must be a positive number of metres, got {self.cell_size}"

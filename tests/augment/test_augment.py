@@ -237,6 +237,51 @@ def test_missing_and_mismatched_tokens(store, tmp_path):
         augment(tiles, config, tmp_path / "c", gen(per_tile=1), tokens_dir=tokens, **FAST)
 
 
+def test_attention_slicing_from_the_cli_to_the_pipeline(store, tmp_path, monkeypatch):
+    """--attention-slicing (which the out-of-memory advice names) reaches the loaded
+    pipeline: its UNet attention runs sliced, and the images are the same up to rounding.
+    """
+    from diffusers.models.attention_processor import SlicedAttnProcessor
+
+    from spurge.augment import models
+
+    plain = load_model("tiny-random", device="cpu")
+    sliced = load_model("tiny-random", device="cpu", attention_slicing=True)
+    kinds = {type(p) for p in sliced.pipe.unet.attn_processors.values()}
+    assert kinds == {SlicedAttnProcessor}
+    assert SlicedAttnProcessor not in {type(p) for p in plain.pipe.unet.attn_processors.values()}
+
+    seen: list[bool] = []
+    real = models.load_model
+
+    def spy(*args, **kwargs):
+        loaded = real(*args, **kwargs)
+        procs = loaded.pipe.unet.attn_processors.values()
+        seen.append(all(isinstance(p, SlicedAttnProcessor) for p in procs))
+        return loaded
+
+    monkeypatch.setattr(models, "load_model", spy)
+    root, tiles, _, _ = store
+    import yaml
+
+    config_yaml = tmp_path / "tiny.yaml"
+    config_yaml.write_text(yaml.safe_dump(tiny_config().model_dump(mode="json")))
+    common = ["augment", str(tiles), "--config", str(config_yaml), "--model", "tiny-random",
+              "--per-tile", "1", "--steps", "4", "--strengths", "0.5",
+              "--tokens", str(root / "syn" / "tokens")]  # fmt: skip
+    res = CliRunner().invoke(cli, [*common, "--out", str(tmp_path / "a"), "--attention-slicing"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, [*common, "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert seen == [True, False]
+    images_a = sorted((tmp_path / "a").rglob("*.png"))
+    images_b = sorted((tmp_path / "b").rglob("*.png"))
+    assert len(images_a) == N_TRAIN and [p.name for p in images_a] == [p.name for p in images_b]
+    for a, b in zip(images_a, images_b, strict=True):
+        diff = np.abs(np.asarray(Image.open(a), int) - np.asarray(Image.open(b), int))
+        assert diff.max() <= 2
+
+
 def test_cli_runs_and_reports_tiny_random(store, tmp_path):
     root, tiles, _, _ = store
     config_yaml = tmp_path / "tiny.yaml"

@@ -154,7 +154,7 @@ def _windows_mode_probabilities(ortho: Path, run_dir: Path, grid: MapGrid) -> np
             [
                 read_window_rgb8(src, Window(x, y, TILE_PX, TILE_PX), scaling)[0]
                 for x in grid.col_starts
-            ]  # fmt: skip
+            ]
             for y in grid.row_starts
         ]
     probs = [map_predict.predict_windows(model, card, np.stack(row))[:, 1] for row in images]
