@@ -60,6 +60,8 @@ from spurge.train import TrainSettings, train  # noqa: E402
 
 SITE_PX = 2000
 SHOTS = 16
+#: ``--refine-band`` of the dense maps (set from the command line).
+REFINE_BAND = [0.05]
 
 
 def mosaic_vrt(tile: Path, side: int, out: Path) -> Path:
@@ -103,11 +105,14 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def child_map(ortho: str, run_dir: str, out_dir: str, method: str, threads: str) -> None:
+def child_map(ortho: str, run_dir: str, out_dir: str, method: str, threads: str, band: str) -> None:
     """Runs in a fresh process: map one ortho, print peak RSS and timing as JSON."""
     torch.set_num_threads(int(threads))
     start = time.perf_counter()
-    result = map_orthos([ortho], run_dir, out_dir, progress=False, method=method, device="cpu")
+    result = map_orthos(
+        [ortho], run_dir, out_dir, progress=False, method=method, device="cpu",
+        refine_band=float(band),
+    )  # fmt: skip
     elapsed = time.perf_counter() - start
     m = result.maps[0]
     dense = list(map_predict._DENSE.values())
@@ -132,7 +137,7 @@ def child_map(ortho: str, run_dir: str, out_dir: str, method: str, threads: str)
 
 def run_child(ortho: Path, run_dir: Path, out_dir: Path, method: str, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    args = [str(ortho), str(run_dir), str(out_dir), method, str(threads)]
+    args = [str(ortho), str(run_dir), str(out_dir), method, str(threads), str(REFINE_BAND[0])]
     proc = subprocess.run(
         [sys.executable, __file__, "--child", *args],
         capture_output=True,
@@ -198,8 +203,9 @@ def agreement(
         size, half = card.tile_size_px, card.tile_size_px // 2
         grid = MapGrid(src.width, src.height, size, size, half, half, tuple(src.transform)[:6])
     settings = map_predict.DenseSettings(
-        str(ortho), str(run), card.weights_sha256, scaling.to_dict(), None, 0.25, context=context
-    )
+        str(ortho), str(run), card.weights_sha256, scaling.to_dict(), None, 0.25,
+        context=context, refine_band=0.0 if context else REFINE_BAND[0],
+    )  # fmt: skip
     probs = map_predict.dense_window_probabilities(grid, settings).probs
     dense = np.rint(map_predict.blend_window_probabilities(grid, probs)[1] * 100)
     windows = read_prob(windows_out, ortho)[0].astype(float)
@@ -296,12 +302,14 @@ def main() -> None:
         default=True,
         help="also map the big ortho with windows mode (slow: ~0.5 Mpx/s on one thread)",
     )
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--refine-band", type=float, default=0.05, help="dense --refine-band")
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_map(*args.child)
         return
     torch.set_num_threads(args.threads)
+    REFINE_BAND[0] = args.refine_band
     if args.small < SITE_PX or args.big < args.small:
         raise SystemExit(f"need {SITE_PX} <= --small <= --big")
     with tempfile.TemporaryDirectory(prefix="bench_map_") as tmp:
@@ -310,7 +318,8 @@ def main() -> None:
         print(
             f"model: {SHOTS}-shot EfficientNet-Lite0 (ImageNet weights, linear head) on "
             f"synthetic sites; held-out site {ortho.stem} ({SITE_PX}x{SITE_PX} px at 1.4 cm); "
-            f"{args.threads} torch thread(s) on both sides of every speed ratio"
+            f"{args.threads} torch thread(s) on both sides of every speed ratio; dense "
+            f"--refine-band {args.refine_band}"
         )
         win = best(
             [

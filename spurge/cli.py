@@ -822,6 +822,15 @@ def _map_outputs(ctx: click.Context, param: click.Parameter, value: str | None) 
     help="Dense output cell in metres, a whole number of ortho pixels and no finer than "
     "the backbone's feature step [default: that step, ~0.5 m for leafy spurge].",
 )
+@click.option(
+    "--refine-band",
+    type=click.FloatRange(0, 0.5),
+    default=0.05,
+    show_default=True,
+    help="Dense: windows whose presence call could differ from windows mode (probability "
+    "within this band of --threshold) are classified alone, exactly; the rest are pooled "
+    "from the lattice. 0 pools all (fastest, ~95 %% agreement with windows mode).",
+)
 @device_option("Where the model runs.")
 def map_(
     orthos: tuple[Path, ...],

@@ -41,7 +41,7 @@ from rasterio.windows import Window
 from torch import nn
 
 from spurge.errors import SpurgeError
-from spurge.io.raster import BandScaling, valid_mask
+from spurge.io.raster import BandScaling, open_ortho, valid_mask
 from spurge.mapping.grid import covered_cells, window_starts
 
 #: Backbones that cannot run densely, and why (the docs and the error say the same).
@@ -165,7 +165,8 @@ def region_bounds(lo: int, hi: int, window: int, margin: int, size: int) -> tupl
 def _read_strip(
     path: str, scaling: BandScaling, alpha_band: int | None, window: Window
 ) -> tuple[np.ndarray, np.ndarray]:
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(path) as src:
+    # open_ortho: a truncated or corrupt block is a one-line RasterError naming the file.
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_ortho(path, require_crs=False) as src:
         bands = list(scaling.bands)
         data = src.read(bands, window=window)
         valid = valid_mask(src, window, bands, alpha_band, data)
@@ -474,7 +475,7 @@ class Refinement:
     positive: int
     cell_y: int
     cell_x: int
-    band: float = 0.1
+    band: float = 0.05
 
 
 @dataclass(frozen=True)

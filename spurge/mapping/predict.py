@@ -256,8 +256,8 @@ class DenseSettings:
     positive: int = 1
     #: The map's presence threshold: windows near it are classified alone (``Refinement``).
     threshold: float = 0.5
-    #: Half-width of that band in probability; None pools every off-lattice window.
-    refine_band: float | None = 0.1
+    #: Half-width of that band in probability; 0 pools every off-lattice window.
+    refine_band: float = 0.05
 
     @property
     def margin(self) -> int:
@@ -266,12 +266,12 @@ class DenseSettings:
         windows-mode cell with those, which decide whether they are refined (two).
         """
         if self.gate:
-            return 2 if self.refine_band is not None else 1
+            return 2 if self.refine_band > 0 else 1
         return 1 if self.context else 0
 
     def refinement(self, grid: MapGrid) -> Refinement | None:
         """The window refinement rule on this grid's windows, or None."""
-        if self.refine_band is None:
+        if self.refine_band <= 0:
             return None
         cells = (max(1, grid.window_h // 2), max(1, grid.window_w // 2))
         return Refinement(self.threshold, self.positive, *cells, self.refine_band)

@@ -381,6 +381,7 @@ def _block_settings(
             batch_tiles=batch_tiles,
             positive=card.positive_index,
             threshold=settings.threshold,
+            refine_band=settings.refine_band,
         )
     return BlockSettings(
         **common,

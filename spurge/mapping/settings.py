@@ -49,6 +49,10 @@ class MapSettings:
             the model's backbone can run densely and no ``stride`` is asked for, windows
             otherwise (:func:`spurge.mapping.map_orthos` decides and the summary says so).
         cell_size: dense output cell in metres (None: one backbone feature step).
+        refine_band: dense mode classifies alone (exactly as windows mode) every window half
+            a window off the lattice whose pooled probability, or the windows-mode blend of a
+            cell it covers, lies within this band of ``threshold``; 0 approximates them all
+            (fastest). See :class:`spurge.mapping.dense.Refinement`.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps`` (:func:`spurge.device.resolve_device`);
             :func:`spurge.mapping.map_orthos` resolves it before the fingerprint is taken,
             since fp16 on a GPU changes the bytes.
@@ -69,6 +73,7 @@ class MapSettings:
     progress: bool | None = field(default=None, compare=False)
     method: str | None = None
     cell_size: float | None = None
+    refine_band: float = 0.05
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -84,6 +89,8 @@ class MapSettings:
             raise SpurgeError(
                 f"--cell-size must be a positive number of metres, got {self.cell_size}"
             )
+        if not 0 <= self.refine_band <= 0.5:
+            raise SpurgeError(f"--refine-band must be between 0 and 0.5, got {self.refine_band}")
         if not 0 < self.threshold < 1:
             raise SpurgeError(f"--threshold must be between 0 and 1, got {self.threshold}")
         if self.stride is not None and self.stride < 1:

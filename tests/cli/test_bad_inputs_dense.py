@@ -53,7 +53,14 @@ CASES = [
         ["--method", "dense", "--cell-size", "0"],
         "--cell-size must be",
     ),
-    ("cell-size-with-windows", "dense_model", ["--cell-size", "0.4"], "--method dense"),
+    (
+        "cell-size-with-windows",
+        "dense_model",
+        ["--method", "windows", "--cell-size", "0.4"],
+        "--cell-size is for --method dense",
+    ),
+    ("stride-with-dense", "dense_model", ["--method", "dense", "--stride", "8"], "--stride is"),
+    ("stride-and-cell-size", "dense_model", ["--stride", "8", "--cell-size", "0.4"], "exclude"),
     ("backbone-not-dense", "global_model", ["--method", "dense"], "cannot map densely"),
 ]
 

@@ -32,7 +32,7 @@ from spurge.mapping.dense import (
 )
 from spurge.mapping.grid import MapGrid
 from spurge.synthetic import synthesize
-from tests.builders import GSD, TILE_PX, make_dense_colour_model, tiny_config
+from tests.builders import GSD, TILE_PX, make_colour_model, make_dense_colour_model, tiny_config
 
 SIZE_PX = 320
 
@@ -94,7 +94,7 @@ def test_dense_window_pooling_reproduces_windows(synth, colour_run, tmp_path):
     window's own probability: only the resize at window edges differs.
     """
     ortho = synth.orthos[0]
-    windows = map_orthos([ortho], colour_run, tmp_path / "w", progress=False)
+    windows = map_orthos([ortho], colour_run, tmp_path / "w", method="windows", progress=False)
     grid, settings = _window_settings(ortho, colour_run)
     assert windows.maps[0].grid.stride_x == grid.stride_x
     cells = map_predict.blend_window_probabilities(
@@ -173,9 +173,9 @@ def test_lattice_and_refined_windows_are_the_window_classifier(
     expected = _windows_mode_probabilities(ortho, spread_run, grid)
     assert expected.std() > 0.1  # the model says different things in different places
 
-    pooled = map_predict.dense_window_probabilities(
-        grid, replace(settings, refine_band=None)
-    ).probs[1]
+    pooled = map_predict.dense_window_probabilities(grid, replace(settings, refine_band=0.0)).probs[
+        1
+    ]
     lattice = (np.array(grid.row_starts) % TILE_PX == 0)[:, None] & (
         np.array(grid.col_starts) % TILE_PX == 0
     )[None]
@@ -193,7 +193,7 @@ def test_lattice_and_refined_windows_are_the_window_classifier(
     np.testing.assert_allclose(default.probs[1][refined], expected[refined], atol=1e-5)
     # What was left pooled is far enough from the threshold for its own decision to hold.
     left = ~refined & ~lattice
-    assert (np.abs(pooled[left] - 0.5) >= 0.1).all()
+    assert (np.abs(pooled[left] - 0.5) >= settings.refine_band).all()
 
 
 def test_window_cams_do_not_depend_on_batching(synth, random_run, fresh_dense_models):
@@ -215,6 +215,22 @@ def test_window_cams_do_not_depend_on_batching(synth, random_run, fresh_dense_mo
     again = dense.window_cams(region.rgb, region.inside, (0, 0), offsets[::-1])
     assert dense.cache.computed == len(offsets) * 2 + len(offsets) - 1  # the rest were cached
     assert torch.equal(again, together.flip(0))
+
+
+def test_default_method_is_dense_where_the_backbone_can(synth, random_run, tmp_path):
+    """No --method: dense for a CNN; windows with --stride; windows, said in the summary,
+    for a backbone that cannot run densely.
+    """
+    ortho = synth.orthos[0]
+    dense = map_orthos([ortho], random_run, tmp_path / "d", progress=False)
+    assert dense.maps[0].method == "dense" and "Note:" not in dense.summary()
+    assert dense.maps[0].grid.stride_x < TILE_PX // 2  # fine cells
+    strided = map_orthos([ortho], random_run, tmp_path / "s", stride=8, progress=False)
+    assert strided.maps[0].method == "windows" and strided.maps[0].grid.stride_x == 8
+    global_run = make_colour_model(tmp_path / "global")
+    windows = map_orthos([ortho], global_run, tmp_path / "w", progress=False)
+    assert windows.maps[0].method == "windows"
+    assert "Note: windows mode: backbone 'test-colour' cannot map densely" in windows.summary()
 
 
 def test_footprint_weights_exact():
