@@ -194,6 +194,19 @@ class BandScaling:
         """Scale a (bands, H, W) array to uint8 (bands, H, W)."""
         if self.is_identity:
             return data.astype(np.uint8, copy=False)
+        if data.dtype in (np.uint8, np.uint16) and data.shape[0] == len(self.low):
+            # Every possible value through the same float32 formula once, then a lookup: the
+            # same bytes without float copies of the image (several times its size).
+            levels = np.arange(np.iinfo(data.dtype).max + 1, dtype=np.float32)
+            table = self._scale(np.broadcast_to(levels, (data.shape[0], 1, levels.size)))
+            out = np.empty(data.shape, np.uint8)
+            for band in range(data.shape[0]):
+                np.take(table[band, 0], data[band], out=out[band])
+            return out
+        return self._scale(data)
+
+    def _scale(self, data: np.ndarray) -> np.ndarray:
+        """The scaling formula in float32: (data - low) / (high - low) * 255, rounded."""
         low = np.asarray(self.low, dtype=np.float32)[:, None, None]
         high = np.asarray(self.high, dtype=np.float32)[:, None, None]
         span = np.maximum(high - low, np.float32(1e-12))

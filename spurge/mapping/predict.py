@@ -49,6 +49,7 @@ from spurge.mapping.grid import (
     covered_cells,
     window_starts,
 )
+from spurge.memory import return_freed_memory
 
 #: GDAL block cache (MB) while mapping. GDAL's default (5 % of RAM) would let the cache of
 #: decoded ortho blocks grow with the orthomosaic; each block region is read once, so a
@@ -221,6 +222,7 @@ def classify_block(grid: MapGrid, pixels: BlockPixels, settings: BlockSettings) 
 
 def predict_block(grid: MapGrid, block: Block, settings: BlockSettings) -> BlockResult:
     """Read, classify and blend one block: the unit of work sent to Dask workers."""
+    return_freed_memory()  # in a worker process too
     return classify_block(grid, read_block(grid, block, settings), settings)
 
 
@@ -434,6 +436,7 @@ def classify_dense_block(
 
 def predict_dense_block(grid: MapGrid, block: Block, settings: DenseSettings) -> BlockResult:
     """Read and classify one dense block: the unit of work sent to Dask workers."""
+    return_freed_memory()  # in a worker process too
     return classify_dense_block(grid, read_dense_block(grid, block, settings), settings)
 
 

@@ -64,6 +64,7 @@ from spurge.mapping.predict import (
 from spurge.mapping.products import make_product, output_paths, write_products
 from spurge.mapping.provenance import make_provenance
 from spurge.mapping.settings import BLENDS, GSD_POLICIES, METHODS, MapSettings
+from spurge.memory import return_freed_memory
 
 __all__ = [
     "BLENDS",
@@ -169,6 +170,7 @@ def map_orthos(
     """
     settings = _settings(settings, overrides)
     settings = replace(settings, device=str(resolve_device(settings.device)))
+    return_freed_memory()  # peak memory of one block, not of all blocks (spurge.memory)
     paths = [Path(o) for o in orthos]
     _check_names(paths)
     run_dir = Path(run_dir)
