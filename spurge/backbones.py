@@ -9,16 +9,19 @@ spurge never downloads weights behind the user's back.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from spurge.errors import ModelError, one_line
 from spurge.transform import TileTransform
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -246,3 +249,53 @@ def build_backbone(name: str, pretrained: bool = True) -> BackboneSpec:
     if name not in BACKBONES:
         raise ModelError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
     return BACKBONES[name](pretrained)
+
+
+@torch.no_grad()
+def fuse_batchnorm(model: ModuleT, input_size: int) -> ModuleT:
+    """The eval-mode ``model`` with each BatchNorm folded into the convolution just before it.
+
+    For inference only (``spurge map``): a BatchNorm in eval mode is an affine map per
+    channel, so ``bn(conv(x))`` is a convolution with scaled weights and a shifted bias. The
+    BatchNorm passes cost about 40 % of an EfficientNet-Lite0 forward on the CPU (memory
+    traffic over every activation). A pair is a ``Conv2d`` registered right before a
+    ``BatchNorm2d`` of its width (timm's blocks, torchvision's ResNets, ``nn.Sequential``);
+    timm's ``BatchNormAct2d`` keeps its activation. The result is checked against the model
+    on a random input; should any pair not have been one in the forward pass, the model
+    comes back unfused. The same fused model serves windows and dense mode alike.
+    """
+    model.eval()
+    pairs = [
+        (parent, conv, bn_name, bn)
+        for parent in model.modules()
+        for (_, conv), (bn_name, bn) in itertools.pairwise(parent.named_children())
+        if isinstance(conv, nn.Conv2d)
+        and isinstance(bn, nn.BatchNorm2d)
+        and bn.num_features == conv.out_channels
+        and bn.running_mean is not None
+        and bn.running_var is not None
+    ]
+    if not pairs:
+        return model
+    probe = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    probe = probe.to(next(model.parameters()).device)
+    expected = model(probe)
+    original = {id(conv): (conv.weight.clone(), conv.bias) for _, conv, _, _ in pairs}
+    for parent, conv, bn_name, bn in pairs:
+        mean, var = torch.as_tensor(bn.running_mean), torch.as_tensor(bn.running_var)
+        gamma = bn.weight if bn.weight is not None else torch.ones_like(mean)
+        beta = bn.bias if bn.bias is not None else torch.zeros_like(mean)
+        scale = gamma / torch.sqrt(var + bn.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
+        conv.weight.mul_(scale[:, None, None, None])
+        conv.bias = nn.Parameter((bias - mean) * scale + beta)
+        after = [getattr(bn, "drop", None), getattr(bn, "act", None)]  # timm BatchNormAct2d
+        setattr(parent, bn_name, nn.Sequential(*[m for m in after if m is not None]))
+    got = model(probe)
+    if torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max())):
+        return model
+    for parent, conv, bn_name, bn in pairs:  # not a conv -> norm chain after all: undo
+        conv.weight.copy_(original[id(conv)][0])
+        conv.bias = original[id(conv)][1]
+        setattr(parent, bn_name, bn)
+    return model

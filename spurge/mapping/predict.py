@@ -22,6 +22,7 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
+from spurge.backbones import fuse_batchnorm
 from spurge.classifier import ModelCard, TileClassifier, load_model, preprocess
 from spurge.device import resolve_device
 from spurge.io.raster import BandScaling, open_ortho, read_window_rgb8
@@ -68,6 +69,9 @@ def cached_model(
     with _MODEL_LOCK:
         if key not in _MODELS:
             model, card = load_model(run_dir, resolve_device(device))
+            # Inference only: BatchNorms folded into their convolutions (~2x faster on the
+            # CPU for EfficientNet-Lite0; the same model for both methods).
+            model = fuse_batchnorm(model, card.input_size)
             # Channels-last weights for channels-last inputs: the fast conv kernels.
             _MODELS[key] = (model.to(memory_format=torch.channels_last), card)
         return _MODELS[key]
