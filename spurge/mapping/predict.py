@@ -226,8 +226,9 @@ def classify_block(grid: MapGrid, pixels: BlockPixels, settings: BlockSettings) 
 
 def predict_block(grid: MapGrid, block: Block, settings: BlockSettings) -> BlockResult:
     """Read, classify and blend one block: the unit of work sent to Dask workers."""
-    return_freed_memory()  # in a worker process too
-    return classify_block(grid, read_block(grid, block, settings), settings)
+    result = classify_block(grid, read_block(grid, block, settings), settings)
+    return_freed_memory()  # in a Dask worker process: one block's peak, not all blocks'
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,8 +441,9 @@ def classify_dense_block(
 
 def predict_dense_block(grid: MapGrid, block: Block, settings: DenseSettings) -> BlockResult:
     """Read and classify one dense block: the unit of work sent to Dask workers."""
-    return_freed_memory()  # in a worker process too
-    return classify_dense_block(grid, read_dense_block(grid, block, settings), settings)
+    result = classify_dense_block(grid, read_dense_block(grid, block, settings), settings)
+    return_freed_memory()  # in a Dask worker process: one block's peak, not all blocks'
+    return result
 
 
 def dense_window_probabilities(grid: MapGrid, settings: DenseSettings) -> WindowProbabilities:

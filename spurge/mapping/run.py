@@ -170,7 +170,6 @@ def map_orthos(
     """
     settings = _settings(settings, overrides)
     settings = replace(settings, device=str(resolve_device(settings.device)))
-    return_freed_memory()  # peak memory of one block, not of all blocks (spurge.memory)
     paths = [Path(o) for o in orthos]
     _check_names(paths)
     run_dir = Path(run_dir)
@@ -495,6 +494,8 @@ def _run_local(
             if i + 1 < len(todo):
                 ahead = reader.submit(read, grid, todo[i + 1], settings)
             checkpoint.save(classify(grid, pixels, settings))
+            del pixels
+            return_freed_memory()  # peak memory of one block, not of all of them
             bar.update(block.n_windows)
 
 
