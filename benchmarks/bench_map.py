@@ -323,18 +323,13 @@ def main() -> None:
             f"{args.threads} torch thread(s) on both sides of every speed ratio; dense "
             f"--refine-band {args.refine_band}"
         )
-        win = best(
-            [
-                run_child(ortho, run, work / f"w{i}", "windows", args.threads)
-                for i in range(args.repeats)
-            ]
-        )
-        den = best(
-            [
-                run_child(ortho, run, work / f"d{i}", "dense", args.threads)
-                for i in range(args.repeats)
-            ]
-        )
+        # Interleaved (w, d, w, d, ...): a shared machine's speed drifts over minutes.
+        runs = [
+            run_child(ortho, run, work / f"{m[0]}{i}", m, args.threads)
+            for i in range(args.repeats)
+            for m in ("windows", "dense")
+        ]
+        win, den = best(runs[0::2]), best(runs[1::2])
         mpx = win["mpx"]
         report_speed(mpx, win, den)
         presence, dp = agreement(ortho, run, work / "w0")
