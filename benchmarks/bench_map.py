@@ -116,6 +116,7 @@ def child_map(ortho: str, run_dir: str, out_dir: str, method: str, threads: str,
         refine_band=float(band),
     )  # fmt: skip
     elapsed = time.perf_counter() - start
+    peak_mib = peak_rss_kib() / 1024  # the map's peak, before the pure-forward measurement
     m = result.maps[0]
     dense = list(map_predict._DENSE.values())
     forwards = sum(d.forwards for d in dense)
@@ -127,7 +128,7 @@ def child_map(ortho: str, run_dir: str, out_dir: str, method: str, threads: str,
                 "seconds_pure": pure_forward(Path(ortho), Path(run_dir), forwards)
                 if method == "dense"
                 else None,
-                "peak_rss_mib": peak_rss_kib() / 1024,
+                "peak_rss_mib": peak_mib,
                 "seconds": elapsed,
                 "seconds_blocks": m.seconds_windows,
                 "mpx": m.grid.width * m.grid.height / 1e6,
