@@ -842,21 +842,24 @@ def map_(
 ) -> None:
     """Presence maps over whole orthomosaics: COG, GeoPackage, GeoJSON, GPX, HTML, QGIS styles.
 
-    Slides the model's tile window over each ORTHO (same band selection and 8-bit scaling
-    as `spurge tile`; the scaling `spurge tile` recorded when the model's tiles came from this
-    ortho), blends overlapping windows into a grid of one cell per stride aligned
-    with the ortho's pixels, and writes into --out, for ORTHO site.tif: site_prob.tif
+    Classifies each ORTHO (same band selection and 8-bit scaling as `spurge tile`; the
+    scaling `spurge tile` recorded when the model's tiles came from this ortho) into a grid
+    of cells aligned with the ortho's pixels: by default densely, the backbone run once per
+    pixel and the head applied per feature (~0.5 m cells); with --method windows (or
+    --stride, or a backbone that cannot run densely) by blending overlapping model windows
+    (one cell per stride). Writes into --out, for ORTHO site.tif: site_prob.tif
     (Cloud-Optimized GeoTIFF, 0-100 %, 255 = nodata), site_presence.tif (class index),
     site_uncertainty.tif (entropy, 0-100 %), each with a QGIS style (.qml); site.gpkg
     (native CRS, styled) with presence polygons and 'survey next' points, the same as
     site_presence.geojson and site_survey.geojson (WGS84), site_survey.gpx (waypoints
-    spurge-01...) and site.html (offline map over the orthomosaic). --method dense gives
-    cells finer than a window (~0.5 m). Interrupted runs resume from finished blocks.
+    spurge-01...) and site.html (offline map over the orthomosaic). Interrupted runs resume
+    from finished blocks.
 
     
     Examples:
       spurge map site.tif --run runs/spurge --out maps
-      spurge map site.tif --run runs/spurge --method dense --cell-size 0.5 --device auto
+      spurge map site.tif --run runs/spurge --cell-size 1.0 --device auto
+      spurge map site.tif --run runs/spurge --method windows --stride 125
       spurge map a.tif b.tif --run runs/spurge --outputs cog,gpkg,gpx --dask-workers 4
     """
     import warnings
