@@ -6,6 +6,7 @@ ground areas, GeoPackage version and styles, the page's legend and the ortho siz
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sqlite3
@@ -17,6 +18,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
+from PIL import Image
 from pyproj import Geod
 from scipy.stats import entropy
 from shapely.geometry import box
@@ -233,6 +235,27 @@ def test_legend_uses_the_overlays_colours_and_transparency():
         assert f"rgba({r}, {g}, {b}, {a / 255:.3f}) {value}%" in legend
         assert tuple(lut[value]) == (r, g, b, a)
     assert lut[0, 3] == 0 and lut[5, 3] < lut[10, 3] < lut[50, 3] < lut[100, 3]
+
+
+def test_overlay_png_is_the_ramp_with_its_transparency():
+    """The overlay's palette PNG decodes to exactly overlay_lut()'s RGBA, value for value
+    (0-100 % and 255 = nodata), one cell per value.
+    """
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from spurge.mapping.page import overlay_png
+
+    values = np.append(np.arange(101, dtype=np.uint8), [255, 255, 255]).reshape(8, 13)
+    png, _ = overlay_png(values, Affine(2.0, 0, 500_000, 0, -2.0, 5_172_000), CRS.from_epsg(32612))
+    image = Image.open(io.BytesIO(png))
+    assert image.mode == "P"
+    rgba = np.asarray(image.convert("RGBA"))
+    lut = overlay_lut()
+    # Cell centres (8 px per cell; the warp to Web Mercator keeps them within a cell).
+    for (r, c), v in np.ndenumerate(values):
+        y, x = round((r + 0.5) * rgba.shape[0] / 8), round((c + 0.5) * rgba.shape[1] / 13)
+        assert tuple(rgba[y, x]) == tuple(lut[v]) or (lut[v, 3] == 0 and rgba[y, x, 3] == 0)
 
 
 def test_page_inlines_locate_and_tells_what_to_record(mapped):
