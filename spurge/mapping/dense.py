@@ -42,7 +42,7 @@ from torch import nn
 
 from spurge.errors import SpurgeError
 from spurge.io.raster import BandScaling, open_ortho, valid_mask
-from spurge.mapping.grid import covered_cells, window_starts
+from spurge.mapping.grid import covered_cells, default_stride, window_starts
 
 #: Backbones that cannot run densely, and why (the docs and the error say the same).
 NOT_DENSE = {
@@ -516,7 +516,7 @@ def _blend_cover(
     first, stop = spans[:, 0].min(), spans[:, 1].max()
     index = np.arange(first, stop)
     cover = (index[None] >= spans[:, :1]) & (index[None] < spans[:, 1:])
-    every = window_starts(size, window, max(1, window // 2))
+    every = window_starts(size, window, default_stride(window))
     all_spans = np.array([covered_cells(s, window, cell) for s in every]).reshape(-1, 2)
     total = ((index[None] >= all_spans[:, :1]) & (index[None] < all_spans[:, 1:])).sum(0)
     return cover, cover.sum(0) == total

@@ -20,6 +20,13 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def default_stride(window: int) -> int:
+    """Windows mode's window step without ``--stride``: half a window (at least 1 px). The
+    dense pass's refinement mirrors the windows-mode map this gives.
+    """
+    return max(1, window // 2)
+
+
 def window_starts(size: int, window: int, stride: int) -> list[int]:
     """Window offsets along one axis: every ``stride``, plus one flush with the far edge."""
     if size < window:

@@ -21,7 +21,7 @@ from spurge.classifier import ModelCard
 from spurge.errors import ModelError, RasterError, SpurgeError
 from spurge.io.raster import BandScaling, check_bands, compute_scaling, open_ortho, pixel_size_m
 from spurge.io.sources import load_sources
-from spurge.mapping.grid import MapGrid
+from spurge.mapping.grid import MapGrid, default_stride
 from spurge.mapping.settings import MapSettings
 
 #: Where an ortho's band scaling came from (recorded in ``<name>.map.json``).
@@ -132,8 +132,8 @@ def _grid(
             f"window ({window_w}x{window_h} px)",
             ortho,
         )
-    stride_x = stride or max(1, window_w // 2)
-    stride_y = stride or max(1, window_h // 2)
+    stride_x = stride or default_stride(window_w)
+    stride_y = stride or default_stride(window_h)
     if stride_x > window_w or stride_y > window_h:
         raise SpurgeError(
             f"--stride {stride} is larger than a window ({window_w}x{window_h} px): "

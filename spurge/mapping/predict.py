@@ -48,6 +48,7 @@ from spurge.mapping.grid import (
     cell_valid_fraction,
     cell_weights,
     covered_cells,
+    default_stride,
     window_starts,
 )
 from spurge.memory import return_freed_memory
@@ -280,7 +281,7 @@ class DenseSettings:
         """The window refinement rule on this grid's windows, or None."""
         if self.refine_band <= 0:
             return None
-        cells = (max(1, grid.window_h // 2), max(1, grid.window_w // 2))
+        cells = (default_stride(grid.window_h), default_stride(grid.window_w))
         return Refinement(self.threshold, self.positive, *cells, self.refine_band)
 
 
@@ -402,7 +403,7 @@ def _starts_inside(size: int, window: int, span: tuple[int, int]) -> np.ndarray:
     """Windows-mode window starts (half-window steps, last one flush with the ortho's edge)
     that fit in a region, in region px.
     """
-    a = np.asarray(window_starts(size, window, max(1, window // 2)))
+    a = np.asarray(window_starts(size, window, default_stride(window)))
     return a[(a >= span[0]) & (a + window <= span[1])] - span[0]
 
 
