@@ -155,3 +155,22 @@ def test_pixel_size_in_metres_for_scaled_projections(
         assert abs(x_m / 0.1 - 1) > 0.03  # the correction is real, not rounding
     else:
         assert (x_m, y_m) == (0.1, 0.1)
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_band_scaling_by_lookup_is_the_float_formula(dtype):
+    """uint16 rasters are scaled through a lookup table (no float copy of a whole region):
+    every value gives the byte the float32 formula gives, as float rasters still compute.
+    """
+    from spurge.io.raster import BandScaling
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 65536, (3, 64, 80)).astype(dtype)
+    data[:, 0, :4] = [[0, 1, 65534, 65535]] * 3  # both ends of the range
+    scaling = BandScaling((1, 2, 3), (100.0, 2000.5, 0.0), (60000.0, 30000.0, 65535.0), dtype)
+    got = scaling.apply(data)
+    low = np.asarray(scaling.low, np.float32)[:, None, None]
+    span = np.asarray(scaling.high, np.float32)[:, None, None] - low
+    expected = np.clip(np.rint((data.astype(np.float32) - low) / span * 255), 0, 255)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, expected.astype(np.uint8))
